@@ -1,0 +1,260 @@
+"""The pieces of GPT-2, one short class each.
+
+Each component owns its weights (in the layout of DESIGN.md: heads are a separate axis) and
+passes every interesting intermediate through a named `HookPoint`. Read top to bottom, this file
+is the whole architecture:
+
+    LayerNorm -> Embed, PosEmbed -> Attention, MLP -> TransformerBlock -> Unembed
+
+Two fast paths keep the hooks free when nobody listens, and each is the same maths as the
+explicit code next to it (tests check both give the same outputs):
+- `LayerNorm` uses `F.layer_norm` unless its `hook_scale`/`hook_normalized` are observed;
+- `Attention` uses `F.scaled_dot_product_attention` unless `hook_attn_scores`/`hook_pattern`
+  are observed (q, k, v and z are computed either way, so their hooks never force the slow path).
+"""
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+from hookgpt.config import GPTConfig
+from hookgpt.hooks import HookPoint
+from hookgpt.kv_cache import KVCacheEntry
+
+# A mask of which key positions each query may attend to; `None` means plain causal masking.
+AttentionMask = Optional[Bool[Tensor, "batch 1 query_pos key_pos"]]
+
+
+class LayerNorm(nn.Module):
+    """Centre, scale to unit variance, then apply a learned gain `w` and bias `b`."""
+
+    def __init__(self, cfg: GPTConfig, length: Optional[int] = None):
+        super().__init__()
+        self.cfg = cfg
+        self.length = length or cfg.d_model
+        self.w = nn.Parameter(torch.ones(self.length, dtype=cfg.dtype))
+        self.b = nn.Parameter(torch.zeros(self.length, dtype=cfg.dtype))
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, length], after w and b (as TransformerLens)
+
+    def forward(self, residual: Float[Tensor, "batch pos length"]) -> Float[Tensor, "batch pos length"]:
+        eps = self.cfg.layer_norm_eps
+        if not (self.hook_scale.has_hooks or self.hook_normalized.has_hooks):
+            return F.layer_norm(residual, (self.length,), self.w, self.b, eps)
+        residual = residual - residual.mean(dim=-1, keepdim=True)
+        scale = self.hook_scale((residual.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt())
+        return self.hook_normalized(residual / scale * self.w + self.b)
+
+
+class Embed(nn.Module):
+    """Token embedding: row `t` of `W_E` is the vector for token id `t`."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model, dtype=cfg.dtype))
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.W_E[tokens]
+
+
+class PosEmbed(nn.Module):
+    """Learned positional embedding: row `p` of `W_pos` is added at position `p`."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model, dtype=cfg.dtype))
+
+    def forward(self, positions: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.W_pos[positions]
+
+
+class Attention(nn.Module):
+    """Multi-head causal self-attention with per-head weight matrices."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, m, d = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(h, m, d, dtype=cfg.dtype))
+        self.W_K = nn.Parameter(torch.empty(h, m, d, dtype=cfg.dtype))
+        self.W_V = nn.Parameter(torch.empty(h, m, d, dtype=cfg.dtype))
+        self.W_O = nn.Parameter(torch.empty(h, d, m, dtype=cfg.dtype))
+        self.b_Q = nn.Parameter(torch.zeros(h, d, dtype=cfg.dtype))
+        self.b_K = nn.Parameter(torch.zeros(h, d, dtype=cfg.dtype))
+        self.b_V = nn.Parameter(torch.zeros(h, d, dtype=cfg.dtype))
+        self.b_O = nn.Parameter(torch.zeros(m, dtype=cfg.dtype))
+
+        self.hook_q = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, n_heads, query_pos, key_pos], masked, pre-softmax
+        self.hook_pattern = HookPoint()  # [batch, n_heads, query_pos, key_pos]
+        self.hook_z = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, n_heads, d_model], computed only when observed
+
+    @property
+    def pattern_observed(self) -> bool:
+        return self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
+
+    def forward(
+        self,
+        normalized_resid_pre: Float[Tensor, "batch pos d_model"],
+        mask: AttentionMask = None,
+        kv_cache_entry: Optional[KVCacheEntry] = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        x = normalized_resid_pre
+        q = self.hook_q(einsum(x, self.W_Q, "batch pos d_model, n_heads d_model d_head -> batch pos n_heads d_head") + self.b_Q)
+        k = self.hook_k(einsum(x, self.W_K, "batch pos d_model, n_heads d_model d_head -> batch pos n_heads d_head") + self.b_K)
+        v = self.hook_v(einsum(x, self.W_V, "batch pos d_model, n_heads d_model d_head -> batch pos n_heads d_head") + self.b_V)
+        if kv_cache_entry is not None:
+            k, v = kv_cache_entry.append(k, v)  # keys/values of all positions, past and new
+
+        if self.pattern_observed:
+            z = self.explicit_attention(q, k, v, mask)
+        else:
+            z = self.fused_attention(q, k, v, mask)
+        z = self.hook_z(z)
+
+        if self.hook_result.has_hooks:  # each head's output, written to the residual stream
+            result = self.hook_result(
+                einsum(z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos n_heads d_model")
+            )
+            return result.sum(dim=-2) + self.b_O
+        return einsum(z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos d_model") + self.b_O
+
+    def explicit_attention(
+        self,
+        q: Float[Tensor, "batch query_pos n_heads d_head"],
+        k: Float[Tensor, "batch key_pos n_heads d_head"],
+        v: Float[Tensor, "batch key_pos n_heads d_head"],
+        mask: AttentionMask,
+    ) -> Float[Tensor, "batch query_pos n_heads d_head"]:
+        """Attention written out: scores, mask, softmax, weighted sum of values."""
+        attn_scores = einsum(
+            q, k, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos"
+        ) / math.sqrt(self.cfg.d_head)
+        if mask is None:
+            mask = causal_mask(q.shape[1], k.shape[1], q.device)
+        attn_scores = self.hook_attn_scores(attn_scores.masked_fill(~mask, float("-inf")))
+        pattern = self.hook_pattern(attn_scores.softmax(dim=-1))
+        return einsum(
+            pattern, v, "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head"
+        )
+
+    def fused_attention(
+        self,
+        q: Float[Tensor, "batch query_pos n_heads d_head"],
+        k: Float[Tensor, "batch key_pos n_heads d_head"],
+        v: Float[Tensor, "batch key_pos n_heads d_head"],
+        mask: AttentionMask,
+    ) -> Float[Tensor, "batch query_pos n_heads d_head"]:
+        """The same attention as `explicit_attention`, in PyTorch's fused kernel."""
+        q, k, v = (rearrange(t, "batch pos n_heads d_head -> batch n_heads pos d_head") for t in (q, k, v))
+        if mask is None:
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return rearrange(z, "batch n_heads pos d_head -> batch pos n_heads d_head")
+
+
+def causal_mask(query_len: int, key_len: int, device: torch.device) -> Bool[Tensor, "1 1 query_pos key_pos"]:
+    """True where query `i` may attend to key `j`: the last `query_len` of `key_len` positions
+    each see themselves and everything before."""
+    offset = key_len - query_len
+    return torch.ones(query_len, key_len, dtype=torch.bool, device=device).tril(diagonal=offset)[None, None]
+
+
+ACTIVATIONS = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's tanh approximation of GELU
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+class MLP(nn.Module):
+    """Two linear maps with a nonlinearity between: d_model -> d_mlp -> d_model."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp, dtype=cfg.dtype))
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp, dtype=cfg.dtype))
+        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model, dtype=cfg.dtype))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
+        self.act_fn = ACTIVATIONS[cfg.act_fn]
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+
+    def forward(self, normalized_resid_mid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        pre = self.hook_pre(einsum(normalized_resid_mid, self.W_in, "batch pos d_model, d_model d_mlp -> batch pos d_mlp") + self.b_in)
+        post = self.hook_post(self.act_fn(pre))
+        return einsum(post, self.W_out, "batch pos d_mlp, d_mlp d_model -> batch pos d_model") + self.b_out
+
+
+class TransformerBlock(nn.Module):
+    """resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).
+
+    An attention-only block has no ln2/MLP: resid_post = resid_pre + attn_out.
+    """
+
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.cfg = cfg
+        self.layer = layer
+        self.ln1 = LayerNorm(cfg)
+        self.attn = Attention(cfg)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        if not cfg.attn_only:
+            self.ln2 = LayerNorm(cfg)
+            self.mlp = MLP(cfg)
+            self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+            self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def forward(
+        self,
+        resid_pre: Float[Tensor, "batch pos d_model"],
+        mask: AttentionMask = None,
+        kv_cache_entry: Optional[KVCacheEntry] = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), mask, kv_cache_entry))
+        if self.cfg.attn_only:
+            return self.hook_resid_post(resid_pre + attn_out)
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        return self.hook_resid_post(resid_mid + mlp_out)
+
+
+class Unembed(nn.Module):
+    """Map the final residual stream to logits over the vocabulary.
+
+    With tied embeddings (GPT-2's choice) `W_U` is `W_E` transposed and not a parameter of its
+    own; `unembed.W_U` still reads as the `[d_model, d_vocab]` matrix.
+    """
+
+    def __init__(self, cfg: GPTConfig, tied_embed: Optional[Embed] = None):
+        super().__init__()
+        if tied_embed is None:
+            self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab, dtype=cfg.dtype))
+        else:
+            self._tied_embed = (tied_embed,)  # a tuple, so it is not registered as a child module
+        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab, dtype=cfg.dtype))
+
+    @property
+    def tied(self) -> bool:
+        return "_tied_embed" in self.__dict__
+
+    def __getattr__(self, name: str):
+        if name == "W_U" and "_tied_embed" in self.__dict__:
+            return self.__dict__["_tied_embed"][0].W_E.T
+        return super().__getattr__(name)
+
+    def forward(self, normalized_resid_final: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return einsum(normalized_resid_final, self.W_U, "batch pos d_model, d_model d_vocab -> batch pos d_vocab") + self.b_U

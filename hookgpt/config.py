@@ -1,0 +1,94 @@
+"""GPTConfig: every hyperparameter of a GPT-2 style model in one dataclass.
+
+The presets are GPT-2's published sizes. A config is plain data: it can be written to JSON
+(`to_dict`) and read back (`from_dict`), which is how checkpoints remember their shape.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+ACT_FNS = ("gelu_new", "gelu", "relu")
+
+
+@dataclass
+class GPTConfig:
+    """Shape and behaviour of a GPT-2 style transformer.
+
+    Defaults are GPT-2 small. `d_mlp=None` means `4 * d_model`; `d_head=None` means
+    `d_model // n_heads`.
+    """
+
+    n_layers: int = 12
+    d_model: int = 768
+    n_heads: int = 12
+    d_head: Optional[int] = None
+    d_mlp: Optional[int] = None
+    d_vocab: int = 50257
+    n_ctx: int = 1024
+    act_fn: str = "gelu_new"
+    layer_norm_eps: float = 1e-5
+    attn_only: bool = False
+    tie_embeddings: bool = False
+    init_range: float = 0.02
+    dtype: torch.dtype = torch.float32
+    model_name: str = "custom"
+    # Set by weight processing (loading.process_weights); recorded so a saved model says what it is.
+    folded_ln: bool = False
+    centered_writing_weights: bool = False
+    centered_unembed: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.d_head is None:
+            if self.d_model % self.n_heads != 0:
+                raise ValueError(
+                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                    "pass d_head explicitly"
+                )
+            self.d_head = self.d_model // self.n_heads
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        if self.act_fn not in ACT_FNS:
+            raise ValueError(f"act_fn={self.act_fn!r} is not supported; expected one of {ACT_FNS}")
+        if isinstance(self.dtype, str):
+            self.dtype = getattr(torch, self.dtype.replace("torch.", ""))
+        for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name == "n_layers" else 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["dtype"] = str(self.dtype).replace("torch.", "")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}; known fields are {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "GPTConfig":
+        """A named preset (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`), optionally overridden."""
+        if name not in PRESETS:
+            import difflib
+
+            close = difflib.get_close_matches(name, PRESETS, n=3)
+            raise KeyError(f"no preset named {name!r}; did you mean {close}? Presets: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], "model_name": name, **overrides})
+
+
+# GPT-2's published hyperparameters (Radford et al. 2019; Hugging Face config.json files).
+# GPT-2 ties the unembedding to the embedding.
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(n_layers=12, d_model=768, n_heads=12, tie_embeddings=True),
+    "gpt2-medium": dict(n_layers=24, d_model=1024, n_heads=16, tie_embeddings=True),
+    "gpt2-large": dict(n_layers=36, d_model=1280, n_heads=20, tie_embeddings=True),
+    "gpt2-xl": dict(n_layers=48, d_model=1600, n_heads=25, tie_embeddings=True),
+}

@@ -1,0 +1,272 @@
+"""Hook points: named places in the forward pass where you can read or replace an activation.
+
+A `HookPoint` is an identity module. The model calls it on every interesting intermediate
+(`q = self.hook_q(q)`), and it runs whatever functions are attached to it. A hook function has
+the TransformerLens signature `fn(activation, hook) -> None | Tensor`: return nothing to
+observe, return a tensor of the same shape to replace the activation.
+
+`HookedRootModule` is the base class of a model made of hook points. It names every hook point
+after its place in the module tree (`blocks.3.attn.hook_pattern`), and offers the ways to use
+them: `add_hook`, `hooks()` (a context manager), `run_with_hooks` and `run_with_cache`.
+Every hook added by those temporary forms is removed when they return, also when the forward
+pass raises.
+"""
+
+import contextlib
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+HookFn = Callable[..., Optional[Tensor]]
+NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+Direction = Literal["fwd", "bwd"]
+
+
+class HookShapeError(ValueError):
+    """A hook returned a tensor whose shape differs from the activation it replaces."""
+
+
+@dataclass(eq=False)
+class HookHandle:
+    """A handle to one attached hook; `remove()` detaches it (idempotent)."""
+
+    hook_point: "HookPoint"
+    fn: HookFn
+    dir: Direction
+    active: bool = True
+
+    def remove(self) -> None:
+        if self.active:
+            self.active = False
+            self.hook_point._handles(self.dir).remove(self)
+
+
+class HookPoint(nn.Module):
+    """An identity module that runs the hook functions attached to it.
+
+    With nothing attached, `forward` returns its input at once: unused hook points cost one
+    Python call. Forward hooks run in order; each sees the output of the previous one.
+    Backward hooks are registered on the activation tensor and receive its gradient.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.name: Optional[str] = None
+        self.fwd_handles: list[HookHandle] = []
+        self.bwd_handles: list[HookHandle] = []
+
+    def _handles(self, dir: Direction) -> list[HookHandle]:
+        return self.fwd_handles if dir == "fwd" else self.bwd_handles
+
+    @property
+    def has_hooks(self) -> bool:
+        return bool(self.fwd_handles or self.bwd_handles)
+
+    def add_hook(self, fn: HookFn, dir: Direction = "fwd", prepend: bool = False) -> HookHandle:
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
+        handle = HookHandle(self, fn, dir)
+        handles = self._handles(dir)
+        handles.insert(0, handle) if prepend else handles.append(handle)
+        return handle
+
+    def remove_hooks(self, dir: Literal["fwd", "bwd", "both"] = "both") -> None:
+        for d in ("fwd", "bwd"):
+            if dir in (d, "both"):
+                for handle in list(self._handles(d)):
+                    handle.remove()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.has_hooks:
+            return x
+        for handle in list(self.fwd_handles):
+            out = handle.fn(x, hook=self)
+            if out is not None:
+                x = self._checked(out, x, handle.fn)
+        if self.bwd_handles and x.requires_grad:
+            for handle in list(self.bwd_handles):
+                x.register_hook(self._grad_hook(handle))
+        return x
+
+    def _grad_hook(self, handle: HookHandle) -> Callable[[Tensor], Optional[Tensor]]:
+        def run(grad: Tensor) -> Optional[Tensor]:
+            if not handle.active:  # removed between forward and backward
+                return None
+            out = handle.fn(grad, hook=self)
+            return None if out is None else self._checked(out, grad, handle.fn)
+
+        return run
+
+    def _checked(self, out: Any, x: Tensor, fn: HookFn) -> Tensor:
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"hook {getattr(fn, '__name__', fn)!r} on {self.name} returned {type(out).__name__}; "
+                "a hook must return None (to observe) or a Tensor (to replace the activation)"
+            )
+        if out.shape != x.shape:
+            raise HookShapeError(
+                f"hook {getattr(fn, '__name__', fn)!r} on {self.name} returned shape {tuple(out.shape)}, "
+                f"but the activation has shape {tuple(x.shape)}; a replacing hook must keep the shape"
+            )
+        return out
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, fwd={len(self.fwd_handles)}, bwd={len(self.bwd_handles)}"
+
+
+def _names_filter_fn(names_filter: NamesFilter) -> Callable[[str], bool]:
+    if names_filter is None:
+        return lambda name: True
+    if isinstance(names_filter, str):
+        return lambda name: name == names_filter
+    if callable(names_filter):
+        return names_filter
+    names = set(names_filter)
+    return lambda name: name in names
+
+
+class HookedRootModule(nn.Module):
+    """Base class of a model built from `HookPoint`s. Call `setup()` at the end of `__init__`."""
+
+    hook_dict: dict[str, HookPoint]
+    mod_dict: dict[str, nn.Module]
+
+    def setup(self) -> None:
+        """Name every hook point after its path and index the modules."""
+        self.mod_dict = {}
+        self.hook_dict = {}
+        for name, module in self.named_modules():
+            if name == "":
+                continue
+            self.mod_dict[name] = module
+            if isinstance(module, HookPoint):
+                module.name = name
+                self.hook_dict[name] = module
+
+    # ------------------------------------------------------------------ adding and removing hooks
+
+    def hook_points(self) -> list[HookPoint]:
+        return list(self.hook_dict.values())
+
+    def _resolve(self, name: Union[str, Callable[[str], bool]]) -> list[HookPoint]:
+        if callable(name) and not isinstance(name, str):
+            return [hp for hp_name, hp in self.hook_dict.items() if name(hp_name)]
+        if name not in self.hook_dict:
+            close = difflib.get_close_matches(name, self.hook_dict.keys(), n=5, cutoff=0.5)
+            hint = f"; did you mean one of {close}?" if close else "; see model.hook_dict for all names"
+            raise KeyError(f"no hook point named {name!r}{hint}")
+        return [self.hook_dict[name]]
+
+    def add_hook(
+        self,
+        name: Union[str, Callable[[str], bool]],
+        hook: HookFn,
+        dir: Direction = "fwd",
+        prepend: bool = False,
+    ) -> list[HookHandle]:
+        """Attach `hook` to the hook point `name` (or to every hook point whose name passes the
+        filter function `name`). Stays attached until `reset_hooks()` or the handles' `remove()`."""
+        return [hp.add_hook(hook, dir=dir, prepend=prepend) for hp in self._resolve(name)]
+
+    def reset_hooks(self, dir: Literal["fwd", "bwd", "both"] = "both") -> None:
+        """Remove every hook from every hook point."""
+        for hp in self.hook_dict.values():
+            hp.remove_hooks(dir)
+
+    @contextlib.contextmanager
+    def hooks(
+        self,
+        fwd_hooks: Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]] = (),
+        bwd_hooks: Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]] = (),
+        reset_hooks_end: bool = True,
+    ) -> Iterator["HookedRootModule"]:
+        """Attach hooks for the duration of a `with` block; they are removed on exit, error or not.
+
+        Backward hooks fire when you call `.backward()` inside the block.
+        """
+        handles: list[HookHandle] = []
+        try:
+            for name, fn in fwd_hooks:
+                handles += self.add_hook(name, fn, dir="fwd")
+            for name, fn in bwd_hooks:
+                handles += self.add_hook(name, fn, dir="bwd")
+            yield self
+        finally:
+            if reset_hooks_end:
+                for handle in handles:
+                    handle.remove()
+
+    def run_with_hooks(
+        self,
+        *model_args: Any,
+        fwd_hooks: Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]] = (),
+        bwd_hooks: Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]] = (),
+        reset_hooks_end: bool = True,
+        **model_kwargs: Any,
+    ) -> Any:
+        """Run the model once with temporary hooks: `run_with_hooks(tokens, fwd_hooks=[(name, fn)])`."""
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end=reset_hooks_end):
+            return self(*model_args, **model_kwargs)
+
+    # ------------------------------------------------------------------ caching
+
+    def get_caching_hooks(
+        self,
+        names_filter: NamesFilter = None,
+        incl_bwd: bool = False,
+        device: Optional[Union[str, torch.device]] = None,
+        remove_batch_dim: bool = False,
+        cache: Optional[dict[str, Tensor]] = None,
+    ) -> tuple[dict[str, Tensor], list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
+        """Hooks that store activations (and, with `incl_bwd`, gradients as `name + "_grad"`)."""
+        cache = {} if cache is None else cache
+        keep = _names_filter_fn(names_filter)
+
+        def save(suffix: str) -> HookFn:
+            def save_hook(act: Tensor, hook: HookPoint) -> None:
+                act = act.detach()
+                if remove_batch_dim:
+                    act = act[0]
+                cache[hook.name + suffix] = act if device is None else act.to(device)
+
+            return save_hook
+
+        names = [name for name in self.hook_dict if keep(name)]
+        fwd = [(name, save("")) for name in names]
+        bwd = [(name, save("_grad")) for name in names] if incl_bwd else []
+        return cache, fwd, bwd
+
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        names_filter: NamesFilter = None,
+        device: Optional[Union[str, torch.device]] = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        return_cache_object: bool = True,
+        **model_kwargs: Any,
+    ) -> tuple[Any, Any]:
+        """Run the model and return `(output, cache)` with the activations of every hook point
+        that passes `names_filter` (all of them by default).
+
+        With `incl_bwd=True` the output must be a scalar (e.g. `return_type="loss"`); the
+        backward pass runs here and gradients are cached as `"<name>_grad"`.
+        """
+        cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim)
+        with self.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+            out = self(*model_args, **model_kwargs)
+            if incl_bwd:
+                if not (isinstance(out, Tensor) and out.numel() == 1):
+                    raise ValueError(
+                        "run_with_cache(incl_bwd=True) needs a scalar output to differentiate; "
+                        "pass return_type='loss'"
+                    )
+                out.backward()
+        if return_cache_object:
+            from hookgpt.cache import ActivationCache
+
+            return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+        return out, cache

@@ -1,0 +1,426 @@
+"""HookedGPT: the full transformer, built from the components, with a hook on every activation.
+
+    tokens -> embed + pos_embed -> blocks[0..n_layers) -> ln_final -> unembed -> logits
+
+`forward` accepts text or token ids, can stop early (`stop_at_layer`) or start from a residual
+stream (`start_at_layer`), and returns logits, the loss, both, or nothing. The hook API
+(`run_with_hooks`, `run_with_cache`, `hooks()`, `add_hook`) comes from `HookedRootModule`.
+"""
+
+import math
+from typing import Any, Literal, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from hookgpt import tokenizer as tok
+from hookgpt.components import AttentionMask, Embed, LayerNorm, PosEmbed, TransformerBlock, Unembed
+from hookgpt.config import GPTConfig
+from hookgpt.factored import FactoredMatrix
+from hookgpt.hooks import HookedRootModule, HookPoint
+from hookgpt.kv_cache import KVCache
+
+ReturnType = Optional[Literal["logits", "loss", "both"]]
+ModelInput = Union[str, list[str], Int[Tensor, "batch pos"], Int[Tensor, "pos"], Float[Tensor, "batch pos d_model"]]
+
+
+class HookedGPT(HookedRootModule):
+    """A GPT-2 style transformer whose every activation is behind a named `HookPoint`.
+
+    >>> model = HookedGPT(GPTConfig(n_layers=2, d_model=64, n_heads=4))
+    >>> logits, cache = model.run_with_cache("Hello world")
+    >>> cache["pattern", 0].shape   # [batch, n_heads, query_pos, key_pos]
+    """
+
+    def __init__(self, cfg: Union[GPTConfig, str, None] = None, tokenizer: Optional[tok.Tokenizer] = None, init_weights: bool = True):
+        super().__init__()
+        if cfg is None:
+            cfg = GPTConfig()
+        elif isinstance(cfg, str):
+            cfg = GPTConfig.preset(cfg)
+        self.cfg = cfg
+        self._tokenizer = tokenizer
+
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.pos_embed = PosEmbed(cfg)
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
+        self.ln_final = LayerNorm(cfg)
+        self.unembed = Unembed(cfg, tied_embed=self.embed if cfg.tie_embeddings else None)
+        if init_weights:
+            self.init_weights()
+        self.setup()
+
+    # ------------------------------------------------------------------ initialisation
+
+    def init_weights(self) -> None:
+        """GPT-2 initialisation: N(0, init_range) weights, zero biases, unit LayerNorm gains.
+        Matrices that write into the residual stream (W_O, W_out) get std scaled by
+        1/sqrt(2 * n_layers), so the residual's variance does not grow with depth."""
+        std = self.cfg.init_range
+        residual_std = std / math.sqrt(2 * max(self.cfg.n_layers, 1))
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                leaf = name.rsplit(".", 1)[-1]
+                if leaf in ("W_O", "W_out"):
+                    param.normal_(0.0, residual_std)
+                elif leaf.startswith("W_"):
+                    param.normal_(0.0, std)
+                elif leaf == "w":
+                    param.fill_(1.0)
+                else:
+                    param.zero_()
+
+    # ------------------------------------------------------------------ tokens in, tokens out
+
+    @property
+    def tokenizer(self) -> tok.Tokenizer:
+        """The tokenizer (GPT-2's BPE, shipped with the package, unless another was given)."""
+        if self._tokenizer is None:
+            if self.cfg.d_vocab < 50257:
+                raise ValueError(
+                    f"this model has d_vocab={self.cfg.d_vocab}, smaller than GPT-2's 50257 tokens; "
+                    "pass a matching tokenizer (HookedGPT(cfg, tokenizer=...)) or feed token ids"
+                )
+            self._tokenizer = tok.Tokenizer.gpt2()
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value: Optional[tok.Tokenizer]) -> None:
+        self._tokenizer = value
+
+    def to_tokens(
+        self,
+        input: Union[str, list[str]],
+        prepend_bos: bool = True,
+        padding_side: Literal["left", "right"] = "right",
+        truncate: bool = False,
+    ) -> Int[Tensor, "batch pos"]:
+        """Text to a `[batch, pos]` tensor of token ids (BOS prepended, padded to equal length)."""
+        tokens = tok.to_tokens(self.tokenizer, input, prepend_bos=prepend_bos, padding_side=padding_side)
+        if truncate:
+            tokens = tokens[:, : self.cfg.n_ctx]
+        return tokens.to(self.device)
+
+    def to_string(self, tokens: Union[Int[Tensor, "batch pos"], Int[Tensor, "pos"], list[int]]) -> Union[str, list[str]]:
+        return tok.to_string(self.tokenizer, tokens)
+
+    def to_str_tokens(self, input: Union[str, Int[Tensor, "pos"], Int[Tensor, "1 pos"], list[int]], prepend_bos: bool = True) -> list[str]:
+        return tok.to_str_tokens(self.tokenizer, input, prepend_bos=prepend_bos)
+
+    def to_single_token(self, string: str) -> int:
+        return tok.to_single_token(self.tokenizer, string)
+
+    def get_token_position(
+        self,
+        single_token: Union[str, int],
+        input: Union[str, Int[Tensor, "pos"], Int[Tensor, "1 pos"]],
+        mode: Literal["first", "last"] = "first",
+        prepend_bos: bool = True,
+    ) -> int:
+        return tok.get_token_position(self.tokenizer, single_token, input, mode=mode, prepend_bos=prepend_bos)
+
+    # ------------------------------------------------------------------ the forward pass
+
+    def forward(
+        self,
+        input: ModelInput,
+        return_type: ReturnType = "logits",
+        loss_per_token: bool = False,
+        prepend_bos: bool = True,
+        padding_side: Literal["left", "right"] = "right",
+        attention_mask: Optional[Int[Tensor, "batch pos"]] = None,
+        start_at_layer: Optional[int] = None,
+        stop_at_layer: Optional[int] = None,
+        tokens: Optional[Int[Tensor, "batch pos"]] = None,
+        past_kv_cache: Optional[KVCache] = None,
+    ) -> Any:
+        """Run the model.
+
+        Args:
+            input: text, a list of texts (padded; the attention mask is made for you), token ids
+                `[batch, pos]` or `[pos]`, or with `start_at_layer` a residual stream `[batch, pos, d_model]`.
+            return_type: "logits" `[batch, pos, d_vocab]`, "loss" (mean next-token cross-entropy),
+                "both" (logits, loss), or None.
+            loss_per_token: return the loss as `[batch, pos - 1]` instead of its mean.
+            attention_mask: `[batch, pos]`, 1 for real tokens and 0 for padding. Positions are counted
+                over real tokens only, so left padding gives the same outputs as no padding.
+            start_at_layer: `input` is the residual stream before this block; embeddings are skipped.
+                Pass `tokens` too if you want a loss.
+            stop_at_layer: return the residual stream before this block (negative counts from the end;
+                `n_layers` gives the last block's output before `ln_final`).
+            past_kv_cache: keys/values of earlier positions (see `hookgpt.kv_cache`); `input` holds
+                only the new positions.
+        """
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        past_len = 0 if past_kv_cache is None else past_kv_cache.length
+
+        if isinstance(input, (str, list)):
+            input, text_mask = tok.to_tokens_with_mask(self.tokenizer, input, prepend_bos=prepend_bos, padding_side=padding_side)
+            input = input.to(self.device)
+            attention_mask = text_mask.to(self.device) if attention_mask is None else attention_mask
+        if start_at_layer is None:
+            tokens = self._validated_tokens(input, past_len)
+        elif input.ndim != 3 or input.shape[-1] != self.cfg.d_model or input.is_floating_point() is False:
+            raise ValueError(
+                f"with start_at_layer={start_at_layer} the input must be a residual stream [batch, pos, d_model="
+                f"{self.cfg.d_model}] of floats, got {input.dtype} of shape {tuple(input.shape)}"
+            )
+        batch, new_len = input.shape[:2]
+        full_mask = self._full_attention_mask(attention_mask, past_kv_cache, batch, new_len)
+
+        if start_at_layer is None:
+            positions = self._positions(full_mask, past_len, new_len, batch)
+            residual = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(positions))
+            start_at_layer = 0
+        else:
+            residual = input
+            start_at_layer = self._layer_index(start_at_layer, "start_at_layer")
+        stop = self.cfg.n_layers if stop_at_layer is None else self._layer_index(stop_at_layer, "stop_at_layer")
+
+        mask = self._block_mask(full_mask, new_len)
+        for layer in range(start_at_layer, stop):
+            entry = None if past_kv_cache is None else past_kv_cache[layer]
+            residual = self.blocks[layer](residual, mask, entry)
+        if past_kv_cache is not None:
+            past_kv_cache.extend_mask(full_mask[:, past_len:] if full_mask is not None else torch.ones(batch, new_len, dtype=torch.long, device=self.device))
+        if stop_at_layer is not None:
+            return residual
+
+        if return_type is None:
+            self.ln_final(residual)  # still fire the ln_final hooks, so caching sees them
+            return None
+        logits = self.unembed(self.ln_final(residual))
+        if return_type == "logits":
+            return logits
+        if tokens is None:
+            raise ValueError("a loss needs the token ids: pass tokens=... together with start_at_layer")
+        new_mask = None if full_mask is None else full_mask[:, past_len:]
+        loss = self.loss_fn(logits, tokens, new_mask, per_token=loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    def loss_fn(
+        self,
+        logits: Float[Tensor, "batch pos d_vocab"],
+        tokens: Int[Tensor, "batch pos"],
+        attention_mask: Optional[Int[Tensor, "batch pos"]] = None,
+        per_token: bool = False,
+    ) -> Tensor:
+        """Next-token cross-entropy: logits at position i predict token i + 1. Padding is left out
+        (per-token losses there are 0)."""
+        if tokens.shape[1] < 2:
+            raise ValueError("the loss needs at least 2 tokens per sequence (one to predict from, one to predict)")
+        log_probs = logits[:, :-1].log_softmax(dim=-1)
+        loss = -log_probs.gather(-1, tokens[:, 1:, None].to(logits.device))[..., 0]  # [batch, pos - 1]
+        if attention_mask is None:
+            return loss if per_token else loss.mean()
+        keep = (attention_mask[:, :-1] * attention_mask[:, 1:]).to(loss.dtype)
+        loss = loss * keep
+        return loss if per_token else loss.sum() / keep.sum().clamp(min=1)
+
+    # ------------------------------------------------------------------ input checks and masks
+
+    def _validated_tokens(self, tokens: Tensor, past_len: int) -> Int[Tensor, "batch pos"]:
+        if not isinstance(tokens, Tensor):
+            raise TypeError(f"expected text or a tensor of token ids, got {type(tokens).__name__}")
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+            raise TypeError(
+                f"token ids must be an integer tensor, got {tokens.dtype}; "
+                "to feed a residual stream, pass start_at_layer"
+            )
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2:
+            raise ValueError(f"token ids must have shape [batch, pos] or [pos], got {tuple(tokens.shape)}")
+        if tokens.shape[1] == 0:
+            raise ValueError("got an empty sequence (0 tokens)")
+        length = past_len + tokens.shape[1]
+        if length > self.cfg.n_ctx:
+            what = f"{tokens.shape[1]} tokens" if not past_len else f"{past_len} cached + {tokens.shape[1]} new tokens"
+            raise ValueError(
+                f"sequence of {what} is longer than the model's context n_ctx={self.cfg.n_ctx}; "
+                "shorten the input (to_tokens(..., truncate=True) cuts it)"
+            )
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= self.cfg.d_vocab:
+            bad = low if low < 0 else high
+            where = tuple(int(i) for i in (tokens == bad).nonzero()[0])
+            raise ValueError(
+                f"token id {bad} at index {where} is out of range: this model's vocabulary has "
+                f"d_vocab={self.cfg.d_vocab} ids (0..{self.cfg.d_vocab - 1})"
+            )
+        return tokens.to(self.device)
+
+    def _layer_index(self, layer: int, what: str) -> int:
+        n = self.cfg.n_layers
+        if not -n <= layer <= n:
+            raise ValueError(f"{what}={layer} is out of range for a model with n_layers={n}")
+        return layer % n if layer < 0 else layer
+
+    def _full_attention_mask(
+        self, attention_mask: Optional[Tensor], past_kv_cache: Optional[KVCache], batch: int, new_len: int
+    ) -> Optional[Int[Tensor, "batch all_pos"]]:
+        """The mask over past + new positions, or None when every position is a real token."""
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device).long()
+            if attention_mask.shape != (batch, new_len):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected [batch, pos] = {(batch, new_len)}"
+                )
+        if past_kv_cache is not None:
+            if past_kv_cache.batch_size != batch:
+                raise ValueError(f"past_kv_cache holds a batch of {past_kv_cache.batch_size}, the input a batch of {batch}")
+            new = attention_mask if attention_mask is not None else torch.ones(batch, new_len, dtype=torch.long, device=self.device)
+            attention_mask = torch.cat([past_kv_cache.attention_mask.to(self.device), new], dim=1)
+        if attention_mask is not None and bool(attention_mask.all()):
+            return None
+        return attention_mask
+
+    def _positions(self, full_mask: Optional[Tensor], past_len: int, new_len: int, batch: int) -> Int[Tensor, "batch pos"]:
+        if full_mask is None:
+            return torch.arange(past_len, past_len + new_len, device=self.device).expand(batch, new_len)
+        # count real tokens only, so a left-padded sequence starts at position 0
+        return (full_mask.cumsum(dim=-1) - 1).clamp(min=0)[:, -new_len:]
+
+    def _block_mask(self, full_mask: Optional[Tensor], new_len: int) -> AttentionMask:
+        """Which keys each new query may attend to: causal, real tokens only. `None` = plain causal
+        over the new positions (lets attention use its fastest kernel)."""
+        if full_mask is None:
+            return None
+        key_len = full_mask.shape[1]
+        causal = torch.ones(new_len, key_len, dtype=torch.bool, device=self.device).tril(diagonal=key_len - new_len)
+        allowed = causal[None] & full_mask.bool()[:, None, :]
+        # a padding query with no real key before it would have an empty softmax: let it see itself
+        allowed |= _self_diagonal(new_len, key_len, self.device)
+        return allowed[:, None]
+
+    # ------------------------------------------------------------------ weights, stacked over layers
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.W_E.device
+
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        return self.embed.W_E
+
+    @property
+    def W_pos(self) -> Float[Tensor, "n_ctx d_model"]:
+        return self.pos_embed.W_pos
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, "d_vocab"]:
+        return self.unembed.b_U
+
+    def _stack(self, module: str, name: str) -> Tensor:
+        return torch.stack([getattr(getattr(block, module), name) for block in self.blocks], dim=0)
+
+    @property
+    def W_Q(self) -> Float[Tensor, "layer n_heads d_model d_head"]:
+        return self._stack("attn", "W_Q")
+
+    @property
+    def W_K(self) -> Float[Tensor, "layer n_heads d_model d_head"]:
+        return self._stack("attn", "W_K")
+
+    @property
+    def W_V(self) -> Float[Tensor, "layer n_heads d_model d_head"]:
+        return self._stack("attn", "W_V")
+
+    @property
+    def W_O(self) -> Float[Tensor, "layer n_heads d_head d_model"]:
+        return self._stack("attn", "W_O")
+
+    @property
+    def b_Q(self) -> Float[Tensor, "layer n_heads d_head"]:
+        return self._stack("attn", "b_Q")
+
+    @property
+    def b_K(self) -> Float[Tensor, "layer n_heads d_head"]:
+        return self._stack("attn", "b_K")
+
+    @property
+    def b_V(self) -> Float[Tensor, "layer n_heads d_head"]:
+        return self._stack("attn", "b_V")
+
+    @property
+    def b_O(self) -> Float[Tensor, "layer d_model"]:
+        return self._stack("attn", "b_O")
+
+    @property
+    def W_in(self) -> Float[Tensor, "layer d_model d_mlp"]:
+        return self._stack("mlp", "W_in")
+
+    @property
+    def W_out(self) -> Float[Tensor, "layer d_mlp d_model"]:
+        return self._stack("mlp", "W_out")
+
+    @property
+    def b_in(self) -> Float[Tensor, "layer d_mlp"]:
+        return self._stack("mlp", "b_in")
+
+    @property
+    def b_out(self) -> Float[Tensor, "layer d_model"]:
+        return self._stack("mlp", "b_out")
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """Each head's bilinear attention form W_Q W_K^T, `[layer, n_heads, d_model, d_model]`, factored."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """Each head's map from what it reads to what it writes, W_V W_O, `[layer, n_heads, d_model, d_model]`, factored."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    def tokens_to_residual_directions(self, tokens: Union[int, str, Int[Tensor, "..."]]) -> Tensor:
+        """The unembedding column(s) of `tokens`: `[d_model]` for one token, `[..., d_model]` for a tensor."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        if isinstance(tokens, int):
+            return self.W_U[:, tokens]
+        return self.W_U[:, tokens.to(self.device)].movedim(0, -1)
+
+    def n_params(self, include_embeddings: bool = True) -> int:
+        return sum(
+            p.numel() for name, p in self.named_parameters() if include_embeddings or not name.startswith(("embed", "pos_embed", "unembed"))
+        )
+
+    # ------------------------------------------------------------------ loading, saving, generating
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> "HookedGPT":
+        """Load a model: a hookgpt checkpoint, a Hugging Face GPT-2 directory, a model name in the
+        local Hugging Face cache, or a model shipped with hookgpt. See `hookgpt.loading`."""
+        from hookgpt.loading import from_pretrained
+
+        return from_pretrained(name_or_path, **kwargs)
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write the weights (safetensors) and config (JSON) to `directory`, atomically."""
+        from hookgpt.loading import save_pretrained
+
+        save_pretrained(self, directory)
+
+    def generate(self, input: Any = "", max_new_tokens: int = 10, **kwargs: Any) -> Any:
+        """Continue a prompt; see `hookgpt.generate.generate` for the options."""
+        from hookgpt.generate import generate
+
+        return generate(self, input, max_new_tokens=max_new_tokens, **kwargs)
+
+
+def _self_diagonal(query_len: int, key_len: int, device: torch.device) -> Tensor:
+    """`[query_pos, key_pos]`, True where key is the query's own position."""
+    offset = key_len - query_len
+    eye = torch.zeros(query_len, key_len, dtype=torch.bool, device=device)
+    eye[torch.arange(query_len), torch.arange(query_len) + offset] = True
+    return eye[None]
+
