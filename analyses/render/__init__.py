@@ -1,0 +1,43 @@
+"""Interactive views of a model's internals, as HTML that works offline.
+
+The views are Svelte components (sources in `web/src/`, one folder per
+component) compiled into one JavaScript bundle shipped in `static/`. This
+package turns tensors into their props and the props into HTML:
+
+    >>> from analyses.render import attention_heads, colored_tokens
+    >>> view = attention_heads(tokens, cache["pattern", 0][0])   # [n_heads, query_pos, key_pos]
+    >>> view                        # in Jupyter / VS Code: the interactive view
+    >>> view.save("layer0.html")    # one standalone file, no network needed
+    >>> view.show()                 # open it in a browser
+
+Views: `attention_heads`, `attention_pattern`, `colored_tokens`,
+`logit_lens_grid`, `top_k_tokens`; `attention(model, text, layer)` goes from
+a model straight to the heads of one layer; `render(name, **props)` mounts any
+component with props of your own.
+
+Rebuilding the bundle (after changing `web/src`): `cd web && npm ci && npm run build`.
+`python -m analyses.render.bundle_hash` checks that the committed bundle
+matches the sources.
+"""
+
+from .html import COMPONENTS, RenderedHTML, render
+from .views import (
+    attention,
+    attention_heads,
+    attention_pattern,
+    colored_tokens,
+    logit_lens_grid,
+    top_k_tokens,
+)
+
+__all__ = [
+    "COMPONENTS",
+    "RenderedHTML",
+    "attention",
+    "attention_heads",
+    "attention_pattern",
+    "colored_tokens",
+    "logit_lens_grid",
+    "render",
+    "top_k_tokens",
+]

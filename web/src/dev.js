@@ -1,0 +1,24 @@
+// Development gallery (`npm run dev`): mounts every component with its mock
+// props, so a change can be seen without going through Python. Not part of
+// the bundle.
+import { mount } from './index.js';
+import attentionHeads from './AttentionHeads/mock.json';
+import attentionPattern from './AttentionPattern/mock.json';
+import coloredTokens from './ColoredTokens/mock.json';
+import logitLensGrid from './LogitLensGrid/mock.json';
+import topKTokens from './TopKTokens/mock.json';
+
+const mocks = {
+  AttentionHeads: attentionHeads,
+  AttentionPattern: attentionPattern,
+  ColoredTokens: coloredTokens,
+  LogitLensGrid: logitLensGrid,
+  TopKTokens: topKTokens,
+};
+
+const gallery = document.getElementById('gallery');
+for (const [name, props] of Object.entries(mocks)) {
+  const element = document.createElement('div');
+  gallery.append(element);
+  mount(name, element, props);
+}
