@@ -155,9 +155,13 @@ class Attention(nn.Module):
     ) -> Float[Tensor, "batch query_pos n_heads d_head"]:
         """The same attention as `explicit_attention`, in PyTorch's fused kernel."""
         q, k, v = (rearrange(t, "batch pos n_heads d_head -> batch n_heads pos d_head") for t in (q, k, v))
-        if mask is None:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)
+        query_len, key_len = q.shape[2], k.shape[2]
+        if mask is None and query_len == key_len:
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=query_len > 1)
         else:
+            # with cached keys (key_len > query_len) the causal mask is aligned to the last key;
+            # SDPA's is_causal would align it to the first, so pass the mask explicitly
+            mask = causal_mask(query_len, key_len, q.device) if mask is None else mask
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return rearrange(z, "batch n_heads pos d_head -> batch pos n_heads d_head")
 
