@@ -1,0 +1,321 @@
+"""analyses.render in a real browser: saved HTML opened from disk in headless Chromium.
+
+Every page is opened via file:// with all other requests aborted (and
+recorded: a view that tries the network fails its test), then driven like a
+user would: hover a token, click a head, hover a heatmap cell, and read what
+the view displays back against the data that went in.
+
+Needs Debian's chromium (`apt-get install -y chromium`) and the Python
+`playwright` package; the browsers Playwright would download are not used.
+Screenshots land in test-artifacts/ (gitignored).
+"""
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analyses import render as views
+from analyses.render.html import COMPONENTS
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = Path(os.environ.get("HOOKGPT_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def causal_attention(n_heads: int, n_pos: int, seed: int = 0) -> np.ndarray:
+    """Random causal attention patterns: [n_heads, query_pos, key_pos], rows sum to 1."""
+    scores = np.random.default_rng(seed).normal(size=(n_heads, n_pos, n_pos)) * 2
+    scores = np.where(np.tril(np.ones((n_pos, n_pos), dtype=bool)), scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    return weights / weights.sum(-1, keepdims=True)
+
+
+TOKENS = ["<|endoftext|>", "When", " Mary", " and", " John", " went", " to", " the", " store"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the whole module."""
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)) and not shutil.which(str(CHROMIUM)):
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set HOOKGPT_CHROMIUM)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Python package playwright not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+class OfflinePage:
+    """A browser tab that may read file:// and nothing else, and remembers what went wrong."""
+
+    def __init__(self, browser, directory: Path):
+        self.directory = directory
+        self.context = browser.new_context(viewport={"width": 1200, "height": 900}, device_scale_factor=1)
+        self.blocked: list[str] = []
+        self.errors: list[str] = []
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
+        self.page.on("console", lambda msg: msg.type == "error" and self.errors.append(f"console: {msg.text}"))
+
+    def _route(self, route):
+        if route.request.url.startswith("file:"):
+            route.continue_()
+        else:
+            self.blocked.append(route.request.url)
+            route.abort()
+
+    def open(self, view, name: str, init_script: str | None = None):
+        """Save `view` as `name`.html, open it, wait until the component is mounted; returns the page."""
+        path = view.save(self.directory / f"{name}.html")
+        if init_script:
+            self.page.add_init_script(init_script)
+        self.page.goto(path.as_uri())
+        self.page.wait_for_selector(f'[data-mounted="{view.component}"] .hookgpt-view', timeout=10_000)
+        return self.page
+
+    def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def assert_clean(self):
+        assert self.blocked == [], f"the view tried the network: {self.blocked}"
+        assert self.errors == [], self.errors
+
+
+@pytest.fixture
+def tab(browser, tmp_path):
+    tab = OfflinePage(browser, tmp_path)
+    yield tab
+    tab.context.close()
+
+
+def text(page, selector: str) -> str:
+    return page.locator(selector).text_content()
+
+
+# --- every component, with the mock data of web/src/<Component>/mock.json ---------------------
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_mock_view_mounts_offline(tab, component):
+    mock = REPO / "web" / "src" / component / "mock.json"
+    if not mock.exists():
+        pytest.skip("web/ sources not in this checkout")
+    page = tab.open(views.render(component, **json.loads(mock.read_text())), f"mock-{component}")
+    assert page.locator(f'.hookgpt-view[data-component="{component}"]').count() == 1
+    assert page.evaluate("Object.keys(window.hookgptViews.components).sort()") == sorted(COMPONENTS)
+    tab.screenshot(f"mock-{component}")
+    tab.assert_clean()
+
+
+# --- AttentionHeads ----------------------------------------------------------------------------
+
+
+def test_attention_heads_hover_click_and_values(tab):
+    attention = np.round(causal_attention(4, len(TOKENS), seed=3), 3)
+    names = [f"L0H{h}" for h in range(4)]
+    page = tab.open(views.attention_heads(TOKENS, attention, names, title="Layer 0"), "heads")
+
+    # Four thumbnails, the first one enlarged.
+    assert page.locator(".thumb").count() == 4
+    assert page.locator(".thumb.selected").get_attribute("data-head") == "0"
+    assert text(page, ".head-title") == "L0H0"
+
+    # Click head 2: it becomes the selected one and is shown large.
+    page.click('.thumb[data-head="2"]')
+    assert page.locator('.thumb[data-head="2"]').get_attribute("aria-selected") == "true"
+    assert page.locator(".thumb.selected").count() == 1
+    assert page.locator(".enlarged").get_attribute("data-head") == "2"
+    assert text(page, ".head-title") == "L0H2"
+    small = page.locator('.thumb[data-head="2"] canvas').bounding_box()
+    large = page.locator(".enlarged .pattern-view canvas").bounding_box()
+    assert large["width"] > 2 * small["width"] and large["height"] > 2 * small["height"]
+
+    # Hover " John" (position 4): the text is coloured by what it attends to ...
+    query = 4
+    page.hover(f'.tokens .tok[data-index="{query}"]')
+    shown = [float(page.locator(f'.tokens .tok[data-index="{k}"]').get_attribute("data-value")) for k in range(len(TOKENS))]
+    np.testing.assert_array_equal(shown, attention[2, query])
+    # ... and the info line names the strongest key with its value.
+    best = int(np.argmax(attention[2, query]))
+    first_link = page.locator(".token-info .links").first.locator(".link").first
+    assert first_link.get_attribute("data-pos") == str(best)
+    assert f"{attention[2, query, best]:.3f}" in first_link.text_content()
+    assert repr(TOKENS[best]).strip("\"'") in first_link.text_content()
+    # The other direction: who attends to " John".
+    attended_by = page.locator(".token-info .links").nth(1).locator(".link").first
+    best_query = int(np.argmax(attention[2, :, query]))
+    assert attended_by.get_attribute("data-pos") == str(best_query)
+    assert f"{attention[2, best_query, query]:.3f}" in attended_by.text_content()
+    tab.screenshot("heads-hover-token")
+
+    # Switch the colouring to "what attends to it".
+    page.check('input[value="from"]')
+    page.hover(f'.tokens .tok[data-index="{query}"]')
+    shown = [float(page.locator(f'.tokens .tok[data-index="{q}"]').get_attribute("data-value")) for q in range(len(TOKENS))]
+    np.testing.assert_array_equal(shown, attention[2, :, query])
+
+    # Hover a cell of the enlarged heatmap: the info line shows that weight.
+    q, k = 6, 2
+    box = page.locator(".enlarged .pattern-view canvas").bounding_box()
+    cell = box["width"] / len(TOKENS)
+    page.mouse.move(box["x"] + (k + 0.5) * cell, box["y"] + (q + 0.5) * cell)
+    info = page.locator(".pattern-info")
+    assert (info.get_attribute("data-query"), info.get_attribute("data-key")) == (str(q), str(k))
+    assert text(page, ".pattern-info .value") == f"{attention[2, q, k]:.3f}"
+    assert "' to'" in info.text_content() and "' Mary'" in info.text_content()
+    tab.screenshot("heads-hover-cell")
+    tab.assert_clean()
+
+
+def test_attention_pattern_hover_cell(tab):
+    pattern = np.round(causal_attention(1, len(TOKENS), seed=5)[0], 3)
+    page = tab.open(views.attention_pattern(TOKENS, pattern, title="one head"), "pattern")
+    assert page.locator(".key-label").count() == page.locator(".query-label").count() == len(TOKENS)
+    box = page.locator("canvas").bounding_box()
+    cell = box["width"] / len(TOKENS)
+    for q, k in [(0, 0), (8, 3), (5, 5)]:
+        page.mouse.move(box["x"] + (k + 0.5) * cell, box["y"] + (q + 0.5) * cell)
+        assert text(page, ".pattern-info .value") == f"{pattern[q, k]:.3f}"
+        assert page.locator(".query-label.on").text_content().strip() == TOKENS[q].strip()
+    tab.screenshot("pattern-hover-cell")
+    tab.assert_clean()
+
+
+# --- ColoredTokens -----------------------------------------------------------------------------
+
+
+def test_colored_tokens_hover_and_switch_sets(tab):
+    rng = np.random.default_rng(7)
+    values = {"neuron 12": np.round(rng.normal(size=len(TOKENS)), 3), "loss": np.round(rng.uniform(0, 5, len(TOKENS)), 3)}
+    page = tab.open(views.colored_tokens(TOKENS, values, title="values"), "colored-tokens")
+    assert page.locator(".set.active").text_content() == "neuron 12"
+
+    for i in (2, 5):
+        page.hover(f'.tokens .tok[data-index="{i}"]')
+        assert text(page, ".value-info .value") == f"{values['neuron 12'][i]:.3f}"
+        assert page.locator(".value-info").get_attribute("data-index") == str(i)
+
+    # Positive values are drawn red, negative blue.
+    def rgb(i):
+        style = page.locator(f'.tokens .tok[data-index="{i}"]').evaluate("e => getComputedStyle(e).backgroundColor")
+        return [int(x) for x in re.findall(r"\d+", style)[:3]]
+
+    top, bottom = int(np.argmax(values["neuron 12"])), int(np.argmin(values["neuron 12"]))
+    assert rgb(top)[0] > rgb(top)[2] and rgb(bottom)[2] > rgb(bottom)[0]
+
+    page.click('.set[data-set="loss"]')
+    page.hover('.tokens .tok[data-index="3"]')
+    assert text(page, ".value-info .value") == f"{values['loss'][3]:.3f}"
+    tab.screenshot("colored-tokens-hover")
+    tab.assert_clean()
+
+
+# --- LogitLensGrid -----------------------------------------------------------------------------
+
+
+def test_logit_lens_grid_shows_top_tokens(tab):
+    rng = np.random.default_rng(11)
+    vocab = [" Paris", " France", " the", " a", " located", " Tower", ",", "\n"]
+    n_layers, n_pos, k = 4, 5, 3
+    logits = rng.normal(size=(n_layers, n_pos, len(vocab))) * 2
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    order = np.argsort(-probs, axis=-1)[..., :k]
+    top_probs = np.round(np.take_along_axis(probs, order, -1), 4)
+    top_tokens = [[[vocab[i] for i in order[l, p]] for p in range(n_pos)] for l in range(n_layers)]
+    labels = ["embed", "L0", "L1", "final"]
+    page = tab.open(views.logit_lens_grid(["<|endoftext|>", "The", " Eiffel", " Tower", " is"], labels, top_tokens, top_probs), "logit-lens")
+
+    for layer in range(n_layers):
+        for pos in range(n_pos):
+            cell = page.locator(f'td.cell[data-layer="{layer}"][data-pos="{pos}"]')
+            assert cell.text_content() == top_tokens[layer][pos][0].replace("\n", "↵")
+
+    page.hover('td.cell[data-layer="2"][data-pos="3"]')
+    detail = page.locator(".detail")
+    assert (detail.get_attribute("data-layer"), detail.get_attribute("data-pos")) == ("2", "3")
+    assert "L1" in detail.text_content() and "' Tower'" in detail.text_content()
+    rows = detail.locator("tr[data-rank]")
+    assert rows.count() == k
+    for rank in range(k):
+        row = rows.nth(rank)
+        assert row.get_attribute("data-token") == top_tokens[2][3][rank]
+        assert float(row.get_attribute("data-prob")) == top_probs[2, 3, rank]
+        percent = float(row.locator(".prob").text_content().rstrip("%"))
+        assert abs(percent - 100 * top_probs[2, 3, rank]) <= 0.05 + 1e-9
+    tab.screenshot("logit-lens-hover")
+    tab.assert_clean()
+
+
+# --- size and speed ----------------------------------------------------------------------------
+
+TIMING_SCRIPT = """
+window.__hookgptTiming = {};
+document.addEventListener('DOMContentLoaded', () => {
+  window.__hookgptTiming.mounted = performance.now();
+  requestAnimationFrame(() => requestAnimationFrame(() => { window.__hookgptTiming.painted = performance.now(); }));
+});
+"""
+
+# Mount the same props again into a fresh element and wait for the next frame:
+# Svelte runs the effects that paint the canvases just before it.
+REMOUNT_SCRIPT = """
+async () => {
+  const props = JSON.parse(document.querySelector('script[type="application/json"]').textContent);
+  const element = document.createElement('div');
+  document.body.append(element);
+  const start = performance.now();
+  const instance = window.hookgptViews.mount('AttentionHeads', element, props);
+  await new Promise((resolve) => requestAnimationFrame(resolve));
+  const elapsed = performance.now() - start;
+  window.hookgptViews.unmount(instance);
+  element.remove();
+  return elapsed;
+}
+"""
+
+
+def test_twelve_heads_of_256_tokens_render_fast(tab):
+    n_heads, n_pos = 12, 256
+    tokens = [f" w{i}" for i in range(n_pos)]
+    attention = causal_attention(n_heads, n_pos, seed=1)
+    view = views.attention_heads(tokens, attention)
+    page = tab.open(view, "heads-12x256", init_script=TIMING_SCRIPT)
+    page.wait_for_function("window.__hookgptTiming && window.__hookgptTiming.painted", timeout=10_000)
+    timing = page.evaluate("window.__hookgptTiming")
+    assert page.locator(".thumb").count() == n_heads
+    assert page.locator(".tokens .tok").count() == n_pos
+    mount_ms = page.evaluate(REMOUNT_SCRIPT)
+
+    # Interaction stays responsive: hover the last token, its row is recoloured.
+    page.hover(f'.tokens .tok[data-index="{n_pos - 1}"]')
+    assert float(page.locator('.tokens .tok[data-index="0"]').get_attribute("data-value")) == round(attention[0, -1, 0], 3)
+
+    html_bytes = (tab.directory / "heads-12x256.html").stat().st_size
+    report = {"html_bytes": html_bytes, "load_to_first_paint_ms": round(timing["painted"], 1),
+              "load_to_mounted_ms": round(timing["mounted"], 1), "mount_to_next_frame_ms": round(mount_ms, 1)}
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "render-timing.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n12 heads x 256 tokens: {report}")
+    tab.screenshot("heads-12x256")
+    assert timing["painted"] < 3000, report  # target < 1 s; generous for a loaded CI machine
+    tab.assert_clean()
