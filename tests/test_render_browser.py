@@ -127,6 +127,40 @@ def test_mock_view_mounts_offline(tab, component):
     tab.assert_clean()
 
 
+# --- notebook outputs --------------------------------------------------------------------------
+
+COUNT_BUNDLES = """
+(() => {
+  let current;
+  const seen = new Set();
+  Object.defineProperty(window, 'hookgptViews', {
+    configurable: true,
+    get: () => current,
+    set: (value) => { current = value; seen.add(value); },
+  });
+  window.__bundlesEvaluated = () => seen.size;
+})();
+"""
+
+
+def test_two_notebook_outputs_share_one_bundle(tab):
+    """Two `_repr_html_` fragments on one page (as in a notebook): both mount, the bundle runs once."""
+    first = views.colored_tokens(TOKENS, np.arange(len(TOKENS), dtype=float))
+    second = views.attention_pattern(TOKENS, causal_attention(1, len(TOKENS))[0])
+    page_path = tab.directory / "notebook.html"
+    page_path.write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
+        f"{first._repr_html_()}<p>some markdown cell</p>{second._repr_html_()}</body></html>",
+        encoding="utf-8",
+    )
+    tab.page.add_init_script(COUNT_BUNDLES)
+    tab.page.goto(page_path.as_uri())
+    tab.page.wait_for_selector('[data-mounted="AttentionPattern"] .hookgpt-view')
+    assert tab.page.locator('[data-mounted="ColoredTokens"] .hookgpt-view').count() == 1
+    assert tab.page.evaluate("window.__bundlesEvaluated()") == 1
+    tab.assert_clean()
+
+
 # --- AttentionHeads ----------------------------------------------------------------------------
 
 

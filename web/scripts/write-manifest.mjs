@@ -22,7 +22,7 @@ const manifest = {
   bundle_sha256: createHash('sha256').update(bundle).digest('hex'),
   sources_sha256: sourceHash(),
   sources: sourceFiles(),
-  built_with: { svelte: version('svelte'), vite: version('vite'), node: process.version },
+  built_with: { svelte: version('svelte'), vite: version('vite') },
 };
 
 if (process.argv.includes('--check')) {
