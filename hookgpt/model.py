@@ -22,8 +22,12 @@ from hookgpt.factored import FactoredMatrix
 from hookgpt.hooks import HookedRootModule, HookPoint
 from hookgpt.kv_cache import KVCache
 
-ReturnType = Optional[Literal["logits", "loss", "both"]]
-ModelInput = Union[str, list[str], Int[Tensor, "batch pos"], Int[Tensor, "pos"], Float[Tensor, "batch pos d_model"]]
+# Boundary types are deliberately broad: `forward` checks its input itself, so that bad input gets
+# a message saying what was expected rather than a type-checker dump. The accepted forms are text,
+# a list of texts, token ids [batch, pos] or [pos], or (with start_at_layer) a residual stream
+# [batch, pos, d_model]; return types "logits", "loss", "both" or None.
+ReturnType = Optional[str]
+ModelInput = Union[str, list[str], Tensor]
 
 
 class HookedGPT(HookedRootModule):
@@ -131,7 +135,7 @@ class HookedGPT(HookedRootModule):
         return_type: ReturnType = "logits",
         loss_per_token: bool = False,
         prepend_bos: bool = True,
-        padding_side: Literal["left", "right"] = "right",
+        padding_side: str = "right",
         attention_mask: Optional[Int[Tensor, "batch pos"]] = None,
         start_at_layer: Optional[int] = None,
         stop_at_layer: Optional[int] = None,
