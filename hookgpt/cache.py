@@ -137,15 +137,16 @@ class ActivationCache:
         return layer + self._n_layers + 1 if layer < 0 else layer
 
     @staticmethod
-    def _pos(t: Tensor, pos_slice: Any, has_batch_dim: bool) -> Tensor:
+    def _pos(t: Tensor, pos_slice: Any) -> Tensor:
+        """Select positions (an int, a list of ints, or a slice) of a tensor shaped [..., pos, last]."""
         if pos_slice is None:
             return t
-        if isinstance(pos_slice, int):
-            pos_slice = [pos_slice]
-        dim = -2  # every residual-stream tensor ends in [..., pos, d_model]
         if isinstance(pos_slice, slice):
             return t[..., pos_slice, :]
-        return t.index_select(t.ndim + dim, torch.as_tensor(pos_slice, device=t.device))
+        if isinstance(pos_slice, int):
+            pos_slice = [pos_slice]
+        index = torch.as_tensor(pos_slice, device=t.device) % t.shape[-2]  # negative positions count from the end
+        return t.index_select(t.ndim - 2, index)
 
     def accumulated_resid(
         self,
@@ -172,7 +173,7 @@ class ActivationCache:
             if incl_mid and l < layer and ("resid_mid", l) in self:
                 parts.append(self["resid_mid", l])
                 labels.append(f"{l}_mid")
-        stack = torch.stack([self._pos(p, pos_slice, self.has_batch_dim) for p in parts])
+        stack = torch.stack([self._pos(p, pos_slice) for p in parts])
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer=None, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
@@ -202,7 +203,7 @@ class ActivationCache:
             if mode in ("all", "mlp") and not self.model.cfg.attn_only:
                 parts.append(self["mlp_out", l])
                 labels.append(f"{l}_mlp_out")
-        stack = torch.stack([self._pos(p, pos_slice, self.has_batch_dim) for p in parts])
+        stack = torch.stack([self._pos(p, pos_slice) for p in parts])
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer=None if layer == self._n_layers else layer, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
@@ -232,10 +233,10 @@ class ActivationCache:
             parts.append(result.movedim(-2, 0))  # [n_heads, *batch, pos, d_model]
             labels += [f"L{l}H{h}" for h in range(result.shape[-2])]
         stack = torch.cat(parts) if parts else torch.empty(0)
-        stack = self._pos(stack, pos_slice, self.has_batch_dim)
+        stack = self._pos(stack, pos_slice)
         if incl_remainder:
             resid = self["resid_post", layer - 1] if layer == self._n_layers else self["resid_pre", layer]
-            remainder = self._pos(resid, pos_slice, self.has_batch_dim) - stack.sum(0)
+            remainder = self._pos(resid, pos_slice) - stack.sum(0)
             stack = torch.cat([stack, remainder[None]])
             labels.append("remainder")
         if apply_ln:
@@ -259,7 +260,7 @@ class ActivationCache:
             scale = self["scale"]
         else:
             scale = self["scale", layer, "ln2" if mlp_input else "ln1"]
-        scale = self._pos(scale, pos_slice, self.has_batch_dim)
+        scale = self._pos(scale, pos_slice)
         centered = residual_stack - residual_stack.mean(dim=-1, keepdim=True)
         return centered / scale
 
