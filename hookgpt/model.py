@@ -8,6 +8,7 @@ stream (`start_at_layer`), and returns logits, the loss, both, or nothing. The h
 """
 
 import math
+import os
 from typing import Any, Literal, Optional, Union
 
 import torch
@@ -218,8 +219,9 @@ class HookedGPT(HookedRootModule):
         (per-token losses there are 0)."""
         if tokens.shape[1] < 2:
             raise ValueError("the loss needs at least 2 tokens per sequence (one to predict from, one to predict)")
-        log_probs = logits[:, :-1].log_softmax(dim=-1)
-        loss = -log_probs.gather(-1, tokens[:, 1:, None].to(logits.device))[..., 0]  # [batch, pos - 1]
+        predictions, targets = logits[:, :-1], tokens[:, 1:].to(logits.device)
+        loss = F.cross_entropy(predictions.flatten(0, 1).float(), targets.flatten(), reduction="none")
+        loss = loss.view(targets.shape).to(logits.dtype)  # [batch, pos - 1]
         if attention_mask is None:
             return loss if per_token else loss.mean()
         keep = (attention_mask[:, :-1] * attention_mask[:, 1:]).to(loss.dtype)
@@ -401,14 +403,14 @@ class HookedGPT(HookedRootModule):
     # ------------------------------------------------------------------ loading, saving, generating
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> "HookedGPT":
+    def from_pretrained(cls, name_or_path: Union[str, os.PathLike], **kwargs: Any) -> "HookedGPT":
         """Load a model: a hookgpt checkpoint, a Hugging Face GPT-2 directory, a model name in the
         local Hugging Face cache, or a model shipped with hookgpt. See `hookgpt.loading`."""
         from hookgpt.loading import from_pretrained
 
         return from_pretrained(name_or_path, **kwargs)
 
-    def save_pretrained(self, directory: str) -> None:
+    def save_pretrained(self, directory: Union[str, os.PathLike]) -> None:
         """Write the weights (safetensors) and config (JSON) to `directory`, atomically."""
         from hookgpt.loading import save_pretrained
 

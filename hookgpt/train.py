@@ -392,6 +392,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     data_dir = Path(cfg.data_dir or out_dir / "data")
     if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
         prepare_data(cfg.data, data_dir, cfg.val_fraction)
     if info.world_size > 1:
         dist.barrier()
