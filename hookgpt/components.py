@@ -260,5 +260,11 @@ class Unembed(nn.Module):
             return self.__dict__["_tied_embed"][0].W_E.T
         return super().__getattr__(name)
 
+    def untie(self) -> None:
+        """Give `W_U` its own parameter, a copy of `W_E.T` (weight processing edits them separately)."""
+        if self.tied:
+            W_E = self.__dict__.pop("_tied_embed")[0].W_E
+            self.W_U = nn.Parameter(W_E.detach().T.clone(memory_format=torch.contiguous_format), requires_grad=W_E.requires_grad)
+
     def forward(self, normalized_resid_final: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
         return einsum(normalized_resid_final, self.W_U, "batch pos d_model, d_model d_vocab -> batch pos d_vocab") + self.b_U

@@ -5,31 +5,55 @@ hookgpt's format is a directory with `config.json` (a `GPTConfig`) and `model.sa
 `Conv1D` (`c_attn`, `[d_model, 3 * d_model]`, used as `x @ W`); `convert_hf_state_dict` splits
 it into per-head `W_Q/W_K/W_V` and `to_hf_state_dict` fuses it back.
 
+`from_pretrained(name_or_path)` looks for a checkpoint in this order:
+
+1. a model shipped with hookgpt (`hookgpt/data/models/<name>/`, see `list_shipped_models()`);
+2. a local directory, in hookgpt's format or Hugging Face's (`config.json` with
+   `model_type: gpt2` plus `model.safetensors`, sharded safetensors or `pytorch_model.bin`);
+3. a model name in the local Hugging Face cache (downloaded first when a network is there and
+   `HF_HUB_OFFLINE` is not set).
+
 Loading never holds two copies of the weights: the model is built on the `meta` device (no
 memory), the safetensors file is memory-mapped, and `load_state_dict(assign=True)` adopts the
 tensors. Weight processing (`fold_ln`, `center_writing_weights`, `center_unembed`) follows
 TransformerLens and leaves the model's log-probabilities unchanged.
+
+Saving (`save_pretrained`, `save_hf_pretrained`) writes into a temporary name next to the
+target and moves it into place with `os.replace`, so a crash never leaves half a checkpoint.
 """
 
 import json
 import os
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
-from einops import rearrange
-from torch import Tensor
+from einops import einsum, rearrange
+from torch import Tensor, nn
 
 from hookgpt.config import GPTConfig
 from hookgpt.model import HookedGPT
+from hookgpt.tokenizer import Tokenizer
 
 SHIPPED_DIR = Path(__file__).parent / "data" / "models"
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+HF_INDEX_FILE, HF_BIN_FILE = "model.safetensors.index.json", "pytorch_model.bin"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+PathLike = Union[str, os.PathLike]
+DeviceLike = Union[str, torch.device, None]
+DtypeLike = Union[str, torch.dtype, None]
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not match its config."""
+
+
+class ModelNotFoundError(CheckpointError, FileNotFoundError):
+    """No shipped model, local directory or Hugging Face cache entry has this name."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,3 +174,502 @@ def to_hf_state_dict(model: HookedGPT) -> dict[str, Tensor]:
         sd[h + "mlp.c_fc.weight"], sd[h + "mlp.c_fc.bias"] = block.mlp.W_in, block.mlp.b_in
         sd[h + "mlp.c_proj.weight"], sd[h + "mlp.c_proj.bias"] = block.mlp.W_out, block.mlp.b_out
     return {k: v.detach().contiguous() for k, v in sd.items()}
+
+
+def hf_state_dict_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """The weights a Hugging Face GPT-2 checkpoint of config `cfg` holds (without the
+    `transformer.` prefix) and their shapes. `lm_head.weight` is optional (tied embeddings)."""
+    D, M = cfg.d_model, cfg.d_mlp
+    shapes = {"wte.weight": (cfg.d_vocab, D), "wpe.weight": (cfg.n_ctx, D), "ln_f.weight": (D,), "ln_f.bias": (D,)}
+    for l in range(cfg.n_layers):
+        h = f"h.{l}."
+        shapes.update({
+            h + "ln_1.weight": (D,), h + "ln_1.bias": (D,),
+            h + "attn.c_attn.weight": (D, 3 * D), h + "attn.c_attn.bias": (3 * D,),
+            h + "attn.c_proj.weight": (D, D), h + "attn.c_proj.bias": (D,),
+            h + "ln_2.weight": (D,), h + "ln_2.bias": (D,),
+            h + "mlp.c_fc.weight": (D, M), h + "mlp.c_fc.bias": (M,),
+            h + "mlp.c_proj.weight": (M, D), h + "mlp.c_proj.bias": (D,),
+        })  # fmt: skip
+    shapes["lm_head.weight"] = (cfg.d_vocab, D)
+    return shapes
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking weights against a config
+# ---------------------------------------------------------------------------------------------
+
+
+def check_state_dict(
+    found: dict[str, tuple[int, ...]],
+    expected: dict[str, tuple[int, ...]],
+    cfg: GPTConfig,
+    where: str,
+    optional: tuple[str, ...] = (),
+    ignore_suffixes: tuple[str, ...] = (),
+) -> None:
+    """Compare weight names and shapes with what the config needs; raise one `CheckpointError`
+    listing every missing, unexpected and wrongly shaped weight."""
+    missing = [k for k in expected if k not in found and k not in optional]
+    unexpected = [k for k in found if k not in expected and not k.endswith(ignore_suffixes)]
+    wrong = [f"{k}: checkpoint {tuple(found[k])}, config needs {expected[k]}" for k in expected if k in found and tuple(found[k]) != expected[k]]
+    if not (missing or unexpected or wrong):
+        return
+    summary = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("n_layers", "d_model", "n_heads", "d_mlp", "d_vocab", "n_ctx"))
+    lines = [f"the weights in {where} do not match the config ({summary}):"]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
+            lines.append(f"  {title} ({len(items)}): " + "; ".join(shown))
+    raise CheckpointError("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {path.name} in {str(path.parent)!r}: a checkpoint directory needs {CONFIG_FILE}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} should hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _load_safetensors(path: Path, device: torch.device) -> dict[str, Tensor]:
+    """Memory-map a safetensors file: tensors are read from disk when first touched."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    try:
+        return load_file(path, device=str(device))
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+
+
+def _load_torch_bin(path: Path, device: torch.device) -> dict[str, Tensor]:
+    """A `pytorch_model.bin` state dict, memory-mapped when saved in the zip format."""
+    try:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch state dict (truncated or corrupt?): {e}") from e
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path} should hold a dict of tensors (a state dict), got {type(sd).__name__}")
+    return {k: v.to(device) for k, v in sd.items()}
+
+
+def _load_hf_weights(directory: Path, device: torch.device) -> tuple[dict[str, Tensor], str]:
+    """The state dict of a Hugging Face directory and a description of where it came from."""
+    if (directory / WEIGHTS_FILE).is_file():
+        return _load_safetensors(directory / WEIGHTS_FILE, device), str(directory / WEIGHTS_FILE)
+    if (directory / HF_INDEX_FILE).is_file():
+        weight_map = _read_json(directory / HF_INDEX_FILE).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{directory / HF_INDEX_FILE} has no 'weight_map' object")
+        sd: dict[str, Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            sd.update(_load_safetensors(directory / shard, device))
+        return sd, f"the shards of {directory / HF_INDEX_FILE}"
+    if (directory / HF_BIN_FILE).is_file():
+        return _load_torch_bin(directory / HF_BIN_FILE, device), str(directory / HF_BIN_FILE)
+    raise FileNotFoundError(
+        f"no weights in {str(directory)!r}: looked for {WEIGHTS_FILE}, {HF_INDEX_FILE} and {HF_BIN_FILE}; "
+        f"found {sorted(p.name for p in directory.iterdir())}"
+    )
+
+
+def _tokenizer_in(directory: Path, cfg: GPTConfig) -> Optional[Tokenizer]:
+    """The directory's own tokenizer when it has tokenizer files, else None (the model then
+    falls back to GPT-2's shipped tokenizer)."""
+    has_files = (directory / "tokenizer.json").is_file() or (
+        (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()
+    )
+    if not has_files:
+        return None
+    try:
+        tokenizer = Tokenizer.from_directory(directory)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"cannot read the tokenizer files in {str(directory)!r}: {e}") from e
+    if tokenizer.vocab_size > cfg.d_vocab:
+        warnings.warn(
+            f"the tokenizer in {directory} has {tokenizer.vocab_size} tokens but the model only d_vocab={cfg.d_vocab}; "
+            "some token ids will be out of range",
+            stacklevel=3,
+        )
+    return tokenizer
+
+
+def _as_dtype(dtype: DtypeLike) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype (e.g. 'float32', 'bfloat16', torch.float16)")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a checkpoint directory
+# ---------------------------------------------------------------------------------------------
+
+
+def is_hf_config(config: dict[str, Any]) -> bool:
+    """Whether a `config.json` is Hugging Face's (it names a `model_type`) rather than hookgpt's."""
+    return "model_type" in config or "n_layer" in config
+
+
+def load_checkpoint(
+    directory: PathLike, dtype: DtypeLike = None, device: DeviceLike = None, model_name: Optional[str] = None
+) -> HookedGPT:
+    """Load a checkpoint directory, in hookgpt's format or Hugging Face's GPT-2 format.
+
+    The model is built on the meta device and adopts the (memory-mapped) tensors, so the weights
+    are in memory once. `dtype=None` keeps the checkpoint's dtype.
+    """
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist")
+    device = torch.device(device if device is not None else "cpu")
+    dtype = _as_dtype(dtype)
+    config_path = directory / CONFIG_FILE
+    raw = _read_json(config_path)
+
+    try:
+        if is_hf_config(raw):
+            cfg = config_from_hf(raw, model_name=model_name or directory.name)
+        else:  # the JSON spells the dtype as a string ("float32")
+            cfg = GPTConfig.from_dict({**raw, "dtype": _as_dtype(raw.get("dtype", "float32"))})
+    except CheckpointError as e:
+        raise CheckpointError(f"{config_path}: {e}") from e
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{config_path} is not a valid {'GPT-2' if is_hf_config(raw) else 'GPTConfig'} config: {e}") from e
+
+    if is_hf_config(raw):
+        hf_sd, where = _load_hf_weights(directory, device)
+        stripped = {k.removeprefix("transformer."): v for k, v in hf_sd.items()}
+        check_state_dict(
+            {k: tuple(v.shape) for k, v in stripped.items()},
+            hf_state_dict_shapes(cfg),
+            cfg,
+            where,
+            optional=("lm_head.weight",),
+            ignore_suffixes=(".attn.bias", ".attn.masked_bias"),  # causal-mask buffers of old checkpoints
+        )
+        state_dict = convert_hf_state_dict(stripped, cfg)
+        del hf_sd, stripped
+        cfg.dtype = dtype or state_dict["embed.W_E"].dtype
+    else:
+        state_dict, where = _load_safetensors(config_path.parent / WEIGHTS_FILE, device), str(directory / WEIGHTS_FILE)
+        cfg.dtype = dtype or cfg.dtype
+
+    tokenizer = _tokenizer_in(directory, cfg)
+    with torch.device("meta"):
+        model = HookedGPT(cfg, tokenizer=tokenizer, init_weights=False)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_state_dict({k: tuple(v.shape) for k, v in state_dict.items()}, expected, cfg, where)
+    model.load_state_dict({k: v.to(device=device, dtype=cfg.dtype) for k, v in state_dict.items()}, strict=True, assign=True)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding a checkpoint by name
+# ---------------------------------------------------------------------------------------------
+
+
+def list_shipped_models() -> list[str]:
+    """Names of the models shipped with hookgpt (loadable offline by name)."""
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / CONFIG_FILE).is_file())
+
+
+def _hf_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return True
+
+
+def _hf_snapshot(name: str) -> tuple[Optional[Path], str]:
+    """The local snapshot directory of Hugging Face model `name` (downloading it when online),
+    or None and the reason it could not be found."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None, "huggingface_hub is not installed (pip install hookgpt[hf])"
+    offline = _hf_offline()
+    base = [CONFIG_FILE, *TOKENIZER_FILES]
+    # the first weight format the repository has, without downloading the others
+    for weights in ([WEIGHTS_FILE], [HF_INDEX_FILE, "model-*-of-*.safetensors"], [HF_BIN_FILE]):
+        try:
+            path = Path(snapshot_download(name, allow_patterns=base + weights, local_files_only=offline))
+        except Exception as e:  # invalid repo id, not cached, no network, gated repo, ...
+            what = "the local Hugging Face cache has no snapshot of it" if offline else "it is not in the local Hugging Face cache and could not be downloaded"
+            return None, f"{what} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        if (path / CONFIG_FILE).is_file() and any((path / w).is_file() for w in (WEIGHTS_FILE, HF_INDEX_FILE, HF_BIN_FILE)):
+            return path, ""
+    return None, f"its Hugging Face snapshot {path} has no config.json with weights"
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be a filesystem path, never a Hugging Face repo id ("org/name")."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def find_checkpoint(name_or_path: PathLike) -> Path:
+    """The directory `from_pretrained(name_or_path)` loads: shipped model, local directory, or
+    Hugging Face cache, in that order."""
+    name = os.fspath(name_or_path)
+    shipped = list_shipped_models()
+    if name in shipped:
+        return SHIPPED_DIR / name
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(
+                f"{name!r} is a file; from_pretrained expects a directory with {CONFIG_FILE} and the weights"
+            )
+        return path
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"checkpoint directory {name!r} does not exist")
+    snapshot, reason = _hf_snapshot(name)
+    if snapshot is not None:
+        return snapshot
+    raise ModelNotFoundError(
+        f"no model named {name!r}: it is not shipped with hookgpt (shipped models: {shipped or 'none'}), "
+        f"not a local directory, and {reason}"
+    )
+
+
+def from_pretrained(
+    name_or_path: PathLike,
+    fold_ln: bool = False,
+    center_writing_weights: bool = False,
+    center_unembed: bool = False,
+    dtype: DtypeLike = None,
+    device: DeviceLike = None,
+) -> HookedGPT:
+    """Load a model by name or path (see the module docstring for where it looks).
+
+    Args:
+        fold_ln, center_writing_weights, center_unembed: weight processing as in
+            TransformerLens (see `process_weights`); all off by default, so the weights are
+            exactly the checkpoint's.
+        dtype: convert the weights (e.g. torch.float32); None keeps the checkpoint's dtype.
+        device: where the weights go (default CPU).
+
+    The tokenizer is the directory's own (`tokenizer.json` or `vocab.json` + `merges.txt`) when
+    it has one, else GPT-2's, shipped with hookgpt.
+    """
+    directory = find_checkpoint(name_or_path)
+    name = os.fspath(name_or_path)
+    model_name = name if not Path(name).expanduser().exists() else Path(name).expanduser().resolve().name
+    model = load_checkpoint(directory, dtype=dtype, device=device, model_name=model_name)
+    if fold_ln or center_writing_weights or center_unembed:
+        process_weights(model, fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_directory_atomically(directory: PathLike, writers: dict[str, Callable[[Path], None]]) -> None:
+    """Create `directory` holding the files `writers` write (`{file name: write(path)}`).
+
+    A new directory is filled under a temporary name in the same parent and renamed into place.
+    Into an existing directory, each file is written to a temporary name there and renamed over
+    the old one, in the order given (so put the config last); other files are left alone.
+    """
+    directory = Path(directory).expanduser()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    mask = _umask()
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"cannot save into {str(directory)!r}: it is a file")
+    if not directory.exists() or not any(directory.iterdir()):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+        try:
+            for name, write in writers.items():
+                write(tmp / name)
+                os.chmod(tmp / name, 0o666 & ~mask)
+            os.chmod(tmp, 0o777 & ~mask)
+            os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return
+    for name, write in writers.items():
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        os.close(fd)
+        try:
+            write(Path(tmp_name))
+            os.chmod(tmp_name, 0o666 & ~mask)
+            os.replace(tmp_name, directory / name)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+
+def _safetensors_writer(state_dict: dict[str, Tensor]) -> Callable[[Path], None]:
+    from safetensors.torch import save_file
+
+    def write(path: Path) -> None:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}, str(path), metadata={"format": "pt"})
+
+    return write
+
+
+def _json_writer(data: dict[str, Any]) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+    return write
+
+
+def _tokenizer_writers(model: HookedGPT) -> dict[str, Callable[[Path], None]]:
+    """Copies of the tokenizer files the model was loaded with (none for GPT-2's shipped one)."""
+    source = getattr(model._tokenizer, "_source", None)
+    if source is None:
+        return {}
+    return {
+        name: (lambda path, src=Path(source) / name: shutil.copyfile(src, path))
+        for name in TOKENIZER_FILES
+        if (Path(source) / name).is_file()
+    }
+
+
+def save_pretrained(model: HookedGPT, directory: PathLike) -> None:
+    """Save in hookgpt's format: `model.safetensors` + `config.json` (the `GPTConfig`), plus the
+    tokenizer files if the model was loaded with its own. `from_pretrained` reads it back
+    bit-exactly."""
+    writers = {WEIGHTS_FILE: _safetensors_writer(model.state_dict()), **_tokenizer_writers(model)}
+    writers[CONFIG_FILE] = _json_writer(model.cfg.to_dict())
+    write_directory_atomically(directory, writers)
+
+
+def save_hf_pretrained(model: HookedGPT, directory: PathLike) -> None:
+    """Save as a Hugging Face GPT-2 checkpoint (`config.json` + `model.safetensors`) that
+    `transformers.GPT2LMHeadModel.from_pretrained` loads. Raises for models GPT-2 cannot express
+    (attention-only, a non-zero unembedding bias, e.g. after `fold_ln`)."""
+    config = config_to_hf(model.cfg)
+    config["dtype"] = str(model.cfg.dtype).replace("torch.", "")
+    state_dict = to_hf_state_dict(model)
+    if model.cfg.tie_embeddings:
+        del state_dict["lm_head.weight"]  # the same tensor as wte; transformers ties it back
+    writers = {WEIGHTS_FILE: _safetensors_writer(state_dict), **_tokenizer_writers(model)}
+    writers[CONFIG_FILE] = _json_writer(config)
+    write_directory_atomically(directory, writers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight processing (TransformerLens's fold_ln / center_writing_weights / center_unembed)
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def fold_layer_norms(model: HookedGPT) -> None:
+    """Fold each LayerNorm's gain `w` and bias `b` into the weights that read its output.
+
+    LN(x) = x_hat * w + b feeds `x_hat @ W + b_in`, which equals `x_hat @ (w[:, None] * W) + (b @ W + b_in)`.
+    After folding, w = 1 and b = 0. The reading weights are also centred over d_model: `x_hat`
+    has mean zero over d_model, so adding a constant to every row of W changes nothing.
+    """
+    for block in model.blocks:
+        attn = block.attn
+        for W, b_param in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)):
+            b_param.add_(einsum(W, block.ln1.b, "n_heads d_model d_head, d_model -> n_heads d_head"))
+            W.mul_(block.ln1.w[None, :, None])
+            W.sub_(W.mean(dim=1, keepdim=True))
+        _reset_layer_norm(block.ln1)
+        if not model.cfg.attn_only:
+            mlp = block.mlp
+            mlp.b_in.add_(einsum(mlp.W_in, block.ln2.b, "d_model d_mlp, d_model -> d_mlp"))
+            mlp.W_in.mul_(block.ln2.w[:, None])
+            mlp.W_in.sub_(mlp.W_in.mean(dim=0, keepdim=True))
+            _reset_layer_norm(block.ln2)
+    unembed, ln_final = model.unembed, model.ln_final
+    unembed.b_U.add_(einsum(unembed.W_U, ln_final.b, "d_model d_vocab, d_model -> d_vocab"))
+    unembed.W_U.mul_(ln_final.w[:, None])
+    unembed.W_U.sub_(unembed.W_U.mean(dim=0, keepdim=True))
+    _reset_layer_norm(ln_final)
+    model.cfg.folded_ln = True
+
+
+def _reset_layer_norm(ln: nn.Module) -> None:
+    ln.w.fill_(1.0)
+    ln.b.zero_()
+
+
+@torch.no_grad()
+def center_writing_weights_(model: HookedGPT) -> None:
+    """Make every vector written into the residual stream have mean zero over d_model.
+
+    Every reader of the residual stream is a LayerNorm, which subtracts the mean first, so the
+    mean component never matters. Applies to W_E, W_pos, each W_O/b_O and W_out/b_out.
+    """
+    params = [model.embed.W_E, model.pos_embed.W_pos]
+    for block in model.blocks:
+        params += [block.attn.W_O, block.attn.b_O]
+        if not model.cfg.attn_only:
+            params += [block.mlp.W_out, block.mlp.b_out]
+    for param in params:
+        param.sub_(param.mean(dim=-1, keepdim=True))
+    model.cfg.centered_writing_weights = True
+
+
+@torch.no_grad()
+def center_unembed_(model: HookedGPT) -> None:
+    """Give W_U and b_U mean zero over the vocabulary: softmax ignores a shift shared by all
+    logits, so log-probabilities are unchanged."""
+    model.unembed.W_U.sub_(model.unembed.W_U.mean(dim=-1, keepdim=True))
+    model.unembed.b_U.sub_(model.unembed.b_U.mean())
+    model.cfg.centered_unembed = True
+
+
+def untie_embeddings(model: HookedGPT) -> None:
+    """Give the unembedding its own copy of W_E.T, so W_E and W_U can be edited separately."""
+    if model.unembed.tied:
+        model.unembed.untie()
+    model.cfg.tie_embeddings = False
+
+
+def process_weights(
+    model: HookedGPT, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True
+) -> HookedGPT:
+    """Simplify the weights without changing the model's log-probabilities (TransformerLens's
+    `process_weights_`), in place. Any processing unties tied embeddings. Returns the model."""
+    if not (fold_ln or center_writing_weights or center_unembed):
+        return model
+    untie_embeddings(model)
+    if fold_ln:
+        fold_layer_norms(model)
+    if center_writing_weights:
+        center_writing_weights_(model)
+    if center_unembed:
+        center_unembed_(model)
+    return model
