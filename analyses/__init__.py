@@ -1,0 +1,29 @@
+"""Analyses of a HookedGPT: each a small function of `(model, ...)`.
+
+    from analyses import logit_lens, attribution, heads, ablation, patching, collect
+
+- `logit_lens`: what each layer's residual stream would predict (`logit_lens(model, text)`).
+- `attribution`: direct logit attribution of embeddings, heads, MLPs and neurons.
+- `heads`: head scans (previous-token, duplicate-token, induction, first-token, current-token,
+  your own template), `top_heads`.
+- `ablation`: zero / mean / resample ablation of heads, MLPs, neurons, residual positions.
+- `patching`: activation patching sweeps, batched (`method="fast"`) or one run per patch.
+- `collect`: activations over a dataset to safetensors shards, and back.
+- `plotting`: the plotly helpers they share.
+
+Tensors for code, `.to_df()` for tables, `.figure()` / `plot_...` for plots. No analysis leaves a
+hook attached or changes a cache it is given. Interactive HTML views live in `analyses.render`.
+
+Submodules are imported on first use, so `import analyses.render` does not load torch models.
+"""
+
+import importlib
+from typing import Any
+
+__all__ = ["ablation", "attribution", "collect", "heads", "logit_lens", "patching", "plotting"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return importlib.import_module(f"analyses.{name}")
+    raise AttributeError(f"module 'analyses' has no attribute {name!r}")

@@ -1,0 +1,84 @@
+"""Small helpers every analysis needs: turning inputs into token ids, ids into labels,
+positions into indices, and a progress bar that stays quiet where nobody watches it."""
+
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+TokensLike = Union[str, list[str], Tensor]
+
+
+def as_tokens(model: Any, input: TokensLike) -> Int[Tensor, "batch pos"]:
+    """Text (BOS prepended, as the model does) or token ids `[pos]`/`[batch, pos]` -> `[batch, pos]`
+    ids on the model's device."""
+    if isinstance(input, (str, list)):
+        return model.to_tokens(input)
+    if not isinstance(input, Tensor):
+        raise TypeError(f"expected text or a tensor of token ids, got {type(input).__name__}")
+    if input.is_floating_point() or input.dtype == torch.bool:
+        raise TypeError(f"token ids must be an integer tensor, got {input.dtype}")
+    if input.ndim == 1:
+        input = input[None]
+    if input.ndim != 2:
+        raise ValueError(f"token ids must have shape [batch, pos] or [pos], got {tuple(input.shape)}")
+    if input.numel() and (int(input.min()) < 0 or int(input.max()) >= model.cfg.d_vocab):
+        raise ValueError(f"token ids must lie in [0, d_vocab={model.cfg.d_vocab}), got {int(input.min())}..{int(input.max())}")
+    return input.to(model.device)
+
+
+def token_strings(model: Any, ids: Union[Tensor, Sequence[int]]) -> list[str]:
+    """The text of each token id, or `"#<id>"` where the model has no tokenizer that knows it."""
+    ids = [int(i) for i in (ids.flatten().tolist() if isinstance(ids, Tensor) else ids)]
+    try:
+        tokenizer = model.tokenizer
+    except (ValueError, AttributeError):
+        return [f"#{i}" for i in ids]
+    strings = {}
+    for i in set(ids):
+        try:
+            strings[i] = tokenizer.decode_tokens([i])[0]
+        except Exception:  # an id outside the tokenizer's vocabulary (e.g. padded d_vocab)
+            strings[i] = f"#{i}"
+    return [strings[i] for i in ids]
+
+
+def token_id(model: Any, token: Union[int, str]) -> int:
+    """One token id from an id or a string that is exactly one token."""
+    if isinstance(token, str):
+        return model.to_single_token(token)
+    return int(token)
+
+
+def position_list(positions: Union[None, int, Sequence[int], Tensor], seq_len: int, what: str = "positions") -> list[int]:
+    """Positions as non-negative ints (negative ones count from the end); None means all."""
+    if positions is None:
+        return list(range(seq_len))
+    if isinstance(positions, Tensor):
+        positions = positions.flatten().tolist()
+    if isinstance(positions, int):
+        positions = [positions]
+    out = []
+    for p in positions:
+        if not -seq_len <= int(p) < seq_len:
+            raise IndexError(f"{what}: position {p} is out of range for a sequence of {seq_len} tokens")
+        out.append(int(p) % seq_len)
+    return out
+
+
+def progress(iterable: Optional[Iterable] = None, disable: Optional[bool] = None, **kwargs: Any) -> Any:
+    """A tqdm progress bar; `disable=None` (the default everywhere) hides it when not in a terminal."""
+    return tqdm(iterable, disable=disable, **kwargs)
+
+
+def rows_per_forward(model: Any, seq_len: int, memory_mb: float, read_positions: Optional[int] = None) -> int:
+    """Roughly how many sequences of `seq_len` fit in one batched forward within `memory_mb`:
+    counts the widest activations of a layer (MLP hidden, attention pattern, residuals) and the
+    logits (of `read_positions` positions, or all)."""
+    cfg = model.cfg
+    n_logit_positions = seq_len if read_positions is None else read_positions
+    floats = seq_len * (8 * cfg.d_model + 3 * cfg.d_mlp + 2 * cfg.n_heads * seq_len) + 2 * n_logit_positions * cfg.d_vocab
+    bytes_per_row = floats * torch.finfo(cfg.dtype).bits // 8
+    return max(1, int(memory_mb * 2**20 // bytes_per_row))

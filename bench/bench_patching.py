@@ -1,0 +1,98 @@
+"""Benchmark: a residual-stream patching sweep, vectorised vs a loop of run_with_hooks patches.
+
+GPT-2 small shape with random weights, a 20-token prompt, every (layer, position) of resid_pre
+patched (12 x 20 = 240 patches), metric = logit difference at the last position. The methods run
+interleaved (fast, naive, [TransformerLens], fast, naive, ...) so a busy machine slows them alike;
+medians are reported, and the results must agree to 1e-5.
+
+    python bench/bench_patching.py [--repeats 3] [--threads N]
+
+TransformerLens 2.x `patching.get_act_patch_resid_pre` joins the comparison when
+`transformer_lens` is installed (it loads the same weights via HookedTransformer); otherwise skipped.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from analyses.patching import logit_diff, patch_residual
+from hookgpt import GPTConfig, HookedGPT
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seq-len", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    cfg = GPTConfig.preset("gpt2")
+    model = HookedGPT(cfg).eval()
+    clean = torch.randint(0, cfg.d_vocab, (1, args.seq_len))
+    corrupted = clean.clone()
+    corrupted[0, args.seq_len // 2] = (clean[0, args.seq_len // 2] + 1) % cfg.d_vocab
+    answer, wrong = 123, 456
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logit_diff(logits, answer, wrong)
+
+    runners = {
+        "fast": lambda: patch_residual(model, clean, corrupted, metric, "resid_pre", method="fast", disable=True).values,
+        "naive": lambda: patch_residual(model, clean, corrupted, metric, "resid_pre", method="naive", disable=True).values,
+    }
+    tl_runner = _transformer_lens_runner(model, clean, corrupted, answer, wrong)
+    if tl_runner is not None:
+        runners["transformer_lens"] = tl_runner
+
+    runners["fast"]()  # warm-up (allocator, kernels)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    results: dict[str, torch.Tensor] = {}
+    for _ in range(args.repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            results[name] = run()
+            times[name].append(time.perf_counter() - start)
+
+    n_patches = cfg.n_layers * args.seq_len
+    print(f"resid_pre patching sweep, GPT-2 small (random weights), {args.seq_len} tokens, {n_patches} patches, "
+          f"{torch.get_num_threads()} threads, {args.repeats} interleaved repeats")
+    naive = statistics.median(times["naive"])
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        diff = (results[name] - results["naive"]).abs().max().item()
+        print(f"  {name:17s} median {median:7.3f} s   ({naive / median:5.1f}x vs naive)   max |diff| vs naive {diff:.2e}")
+    assert (results["fast"] - results["naive"]).abs().max() <= 1e-5, "fast and naive patching disagree"
+
+
+def _transformer_lens_runner(model, clean, corrupted, answer, wrong):
+    try:
+        import transformer_lens  # noqa: F401
+        from transformer_lens import HookedTransformer, HookedTransformerConfig, patching
+    except ImportError:
+        print("transformer_lens not installed: skipping the TransformerLens comparison")
+        return None
+    cfg = model.cfg
+    tl_cfg = HookedTransformerConfig(
+        n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head, d_mlp=cfg.d_mlp,
+        d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx, act_fn=cfg.act_fn, normalization_type="LN",
+    )
+    tl_model = HookedTransformer(tl_cfg)
+    state = {name: param for name, param in model.state_dict().items()}
+    if "unembed.W_U" not in state:
+        state["unembed.W_U"] = model.W_U.detach().clone()
+    tl_model.load_state_dict(state, strict=False)
+    _, clean_cache = tl_model.run_with_cache(clean)
+
+    def metric(logits):
+        return logit_diff(logits, answer, wrong)
+
+    return lambda: patching.get_act_patch_resid_pre(tl_model, corrupted, clean_cache, metric)
+
+
+if __name__ == "__main__":
+    main()
