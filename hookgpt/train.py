@@ -3,21 +3,24 @@
 The seed's training demo ("load a dataset, tokenize it, make a model and an optimizer, loop and
 log the loss"), grown into a trainer in the style of nanoGPT:
 
-1. `prepare_data` tokenizes text files (or the bundled Shakespeare) once into memory-mapped
-   uint16 token files, `train.bin` and `val.bin`, so corpora larger than RAM work.
-2. `get_batch` draws a batch for a given step from a seeded generator. The data position is the
-   step number, so a resumed run sees exactly the batches an uninterrupted one would, and under
-   DDP every rank takes its own rows of the same global batch.
+1. `prepare_data` tokenizes text files (or the bundled Shakespeare, or a Hugging Face dataset
+   `hf:NAME` when `datasets` is installed) once into memory-mapped uint16 token files,
+   `train.bin` and `val.bin`, so corpora larger than RAM work.
+2. `global_batch` draws the batch of a given step from a seeded generator. The data position is
+   the step number, so a resumed run sees exactly the batches an uninterrupted one would, and
+   under DDP every rank takes its own rows of the same global batch.
 3. `train` runs AdamW (no weight decay on biases, LayerNorm and embeddings) with linear warmup
    and cosine decay, gradient clipping and accumulation, optional autocast, and checkpoints
-   atomically every `checkpoint_interval` steps, at the end, and on Ctrl-C.
+   atomically every `checkpoint_interval` steps, at the end, and on Ctrl-C; `--resume` goes on
+   from the last checkpoint with the same losses as a run that was never stopped.
 
 Run it with `hookgpt train` (see `hookgpt train --help`), or with `torchrun --nproc_per_node N
 -m hookgpt.train ...` for DistributedDataParallel (gloo on CPU, nccl on GPU).
 
 Two options exist for small machines, both off by default (the shipped model's card says which it used):
 - `restrict_vocab`: the softmax runs over the token ids that occur in the corpus (plus those in
-  the batch) instead of all 50,257; the unembedding dominates the cost of a small model.
+  the step's global batch) instead of all 50,257; the unembedding dominates the cost of a small
+  model. Every micro-step and DDP rank uses the same id set, so the loss is still exact.
 - `repeat_fraction`: a fraction of rows are random token sequences repeated with a random period
   (or a corpus span repeated), which makes induction heads form sooner.
 """
@@ -34,6 +37,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
@@ -63,25 +67,51 @@ class TrainingError(ValueError):
 # =============================================================================================
 
 
-def _read_documents(source: Optional[Union[str, Path]]) -> tuple[list[str], str]:
-    """The documents of `source` (None: the bundled corpus; a .txt/.gz file; a directory of them)
-    and a fingerprint of the source that changes when the files do."""
-    if source is None:
-        source = BUNDLED_CORPUS
-    path = Path(source)
+def _text_files(source: Optional[Union[str, Path]]) -> list[Path]:
+    """The files of `source`: None means the bundled corpus; a .txt/.md/.gz file; a directory of them."""
+    path = Path(BUNDLED_CORPUS if source is None else source)
     if not path.exists():
         raise FileNotFoundError(f"training data {str(path)!r} does not exist (expected a text file or a directory of .txt files)")
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".gz", ".md")) if path.is_dir() else [path]
     if not files:
         raise TrainingError(f"no .txt/.md/.gz files in {str(path)!r}")
-    documents, fingerprint = [], hashlib.sha256()
+    return files
+
+
+def _fingerprint(files: list[Path]) -> str:
+    """Changes when a file is added, removed or modified (size or modification time)."""
+    fingerprint = hashlib.sha256()
     for file in files:
         stat = file.stat()
-        fingerprint.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        fingerprint.update(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return fingerprint.hexdigest()
+
+
+def _read_files(files: list[Path]) -> list[str]:
+    texts = []
+    for file in files:
         opener = gzip.open if file.suffix == ".gz" else open
         with opener(file, "rt", encoding="utf-8") as f:
-            documents += f.read().split("<|endoftext|>")
-    return documents, fingerprint.hexdigest()
+            texts.append(f.read())
+    return texts
+
+
+def _read_hf_dataset(spec: str) -> tuple[list[str], str]:
+    """The `text` column of the Hugging Face dataset `spec` = `NAME` or `NAME:CONFIG` (its train
+    split, through `datasets.load_dataset`), and the dataset's own fingerprint."""
+    try:
+        import datasets
+    except ImportError:
+        raise TrainingError(f"--data hf:{spec} needs the Hugging Face `datasets` package: pip install datasets") from None
+    name, _, config = spec.partition(":")
+    try:
+        dataset = datasets.load_dataset(name, config or None, split="train")
+    except Exception as e:  # not found, no network, bad config, ...
+        raise TrainingError(f"could not load the Hugging Face dataset {spec!r}: {type(e).__name__}: {e}") from e
+    if "text" not in dataset.column_names:
+        raise TrainingError(f"the Hugging Face dataset {spec!r} has no 'text' column (its columns: {dataset.column_names})")
+    fingerprint = f"hf:{spec}:train:{getattr(dataset, '_fingerprint', None) or len(dataset)}"
+    return list(dataset["text"]), fingerprint
 
 
 def prepare_data(
@@ -89,20 +119,31 @@ def prepare_data(
 ) -> Path:
     """Tokenize `source` into `data_dir/{train,val}.bin` (uint16) once; reuse them afterwards.
 
-    Each document (a file, or a part between `<|endoftext|>` markers) ends in the EOT token; the
-    last `val_fraction` of every document's tokens goes to validation, so both splits cover
-    every document. Returns `data_dir`.
+    `source` is None (the bundled Shakespeare), a text file, a directory of text files, or
+    `"hf:NAME"` / `"hf:NAME:CONFIG"` for the `text` column of a Hugging Face dataset (needs the
+    `datasets` package). The files are re-tokenized only when the source changes (its
+    fingerprint, kept in `meta.json`, differs).
+
+    Each document (a file or dataset row, or a part between `<|endoftext|>` markers) ends in the
+    EOT token; the last `val_fraction` of every document's tokens goes to validation, so both
+    splits cover every document. Returns `data_dir`.
     """
     data_dir = Path(data_dir)
-    documents, fingerprint = _read_documents(source)
+    if isinstance(source, str) and source.startswith("hf:"):
+        texts, fingerprint = _read_hf_dataset(source[3:])
+    else:
+        files = _text_files(source)
+        texts, fingerprint = None, _fingerprint(files)
     meta_path = data_dir / "meta.json"
-    if meta_path.exists():
+    if meta_path.exists() and (data_dir / "train.bin").exists() and (data_dir / "val.bin").exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") == fingerprint and meta.get("val_fraction") == val_fraction:
-            return data_dir
+            return data_dir  # prepared before from the same source: reuse
+    if texts is None:
+        texts = _read_files(files)
     tokenizer = tokenizer or Tokenizer.gpt2()
     train, val = [], []
-    for doc in documents:
+    for doc in (doc for text in texts for doc in text.split("<|endoftext|>")):
         if not doc.strip():
             continue
         ids = tokenizer.encode(doc.strip("\n"), allowed_special=set()) + [EOT]
@@ -182,15 +223,18 @@ class TrainConfig:
     def model_config(self) -> GPTConfig:
         spec = dict(self.model)
         preset = spec.pop("preset", None)
-        return GPTConfig.preset(preset, **spec) if preset else GPTConfig(**spec)
+        try:
+            return GPTConfig.preset(preset, **spec) if preset else GPTConfig(**spec)
+        except (TypeError, ValueError, KeyError) as e:
+            raise TrainingError(f"bad model config {self.model}: {e}") from None
 
 
-def get_batch(tokens: np.ndarray, cfg: TrainConfig, step: int, micro_step: int = 0, rank: int = 0, world_size: int = 1,
-              split_seed: int = 0) -> Tensor:
-    """The rows `[rank's share of micro_step]` of the global batch of `step`, `[rows, seq_len]`.
+def global_batch(tokens: np.ndarray, cfg: TrainConfig, step: int, split_seed: int = 0) -> np.ndarray:
+    """The whole batch of `step`, `[batch_size, seq_len]` token ids, drawn from a generator seeded
+    with (seed, split_seed, step).
 
-    The global batch is drawn from a generator seeded with (seed, step): it does not depend on
-    how many ranks or micro-steps share it, which is what makes resume and DDP exact.
+    It does not depend on how many ranks or micro-steps share it, which is what makes resume,
+    gradient accumulation and DDP exact: the data position is the step number.
     """
     rng = np.random.default_rng([cfg.seed, split_seed, step])
     n = cfg.batch_size
@@ -205,9 +249,21 @@ def get_batch(tokens: np.ndarray, cfg: TrainConfig, step: int, micro_step: int =
             period = min(int(periods[i]), cfg.seq_len // 2)
             unit = rows[i, :period] if use_corpus_span[i] else vocab[i, :period]
             rows[i] = np.resize(unit, cfg.seq_len)  # unit, unit, unit, ... cut to seq_len
-    per_step = n // (cfg.grad_accum * world_size)
+    return rows
+
+
+def shard(rows: np.ndarray, cfg: TrainConfig, micro_step: int = 0, rank: int = 0, world_size: int = 1) -> Tensor:
+    """This rank's rows of one micro-step of a global batch: the batch is cut into
+    `grad_accum * world_size` equal blocks; micro-step m of rank r takes block `m * world_size + r`."""
+    per_step = cfg.batch_size // (cfg.grad_accum * world_size)
     first = (micro_step * world_size + rank) * per_step
     return torch.from_numpy(rows[first : first + per_step])
+
+
+def get_batch(tokens: np.ndarray, cfg: TrainConfig, step: int, micro_step: int = 0, rank: int = 0, world_size: int = 1,
+              split_seed: int = 0) -> Tensor:
+    """The rows `[rank's share of micro_step]` of the global batch of `step`, `[rows, seq_len]`."""
+    return shard(global_batch(tokens, cfg, step, split_seed), cfg, micro_step, rank, world_size)
 
 
 # =============================================================================================
@@ -218,8 +274,12 @@ def get_batch(tokens: np.ndarray, cfg: TrainConfig, step: int, micro_step: int =
 class LanguageModelLoss(nn.Module):
     """Mean next-token cross-entropy of `model` on a batch; the module that DDP wraps.
 
-    With `vocab_ids` the softmax runs over those ids plus the ids present in the batch (the
-    model keeps its full vocabulary; only this training loss is restricted).
+    With `vocab_ids` (the `restrict_vocab` option) the softmax runs over a subset of the
+    vocabulary: `softmax_ids(global_batch)`, the corpus's ids plus those in the step's global
+    batch (random repeated sequences bring ids from outside the corpus). The trainer computes
+    that set from the whole global batch, so every micro-step and every DDP rank uses the same
+    softmax, and the loss does not depend on how the batch is split. The model keeps its full
+    vocabulary; only this training loss is restricted.
     """
 
     def __init__(self, model: HookedGPT, vocab_ids: Optional[Tensor] = None):
@@ -227,12 +287,19 @@ class LanguageModelLoss(nn.Module):
         self.model = model
         self.register_buffer("vocab_ids", vocab_ids, persistent=False)
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def softmax_ids(self, tokens: Tensor) -> Optional[Tensor]:
+        """The sorted ids the restricted softmax runs over for `tokens`; None: all of them."""
+        if self.vocab_ids is None:
+            return None
+        return torch.unique(torch.cat([self.vocab_ids, tokens.flatten().to(self.vocab_ids.device)]))
+
+    def forward(self, tokens: Tensor, ids: Optional[Tensor] = None) -> Tensor:
         if self.vocab_ids is None:
             return self.model(tokens, return_type="loss")
+        if ids is None:
+            ids = self.softmax_ids(tokens)
         model = self.model
         resid = model(tokens, stop_at_layer=model.cfg.n_layers)  # [batch, pos, d_model]
-        ids = torch.unique(torch.cat([self.vocab_ids, tokens.flatten()]))  # sorted
         normalized = model.ln_final(resid[:, :-1])
         logits = normalized @ model.W_U[:, ids] + model.b_U[ids]  # [batch, pos - 1, n_ids]
         targets = torch.searchsorted(ids, tokens[:, 1:].contiguous())
@@ -240,13 +307,17 @@ class LanguageModelLoss(nn.Module):
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only: not on biases, LayerNorm gains or embeddings."""
+    """AdamW with weight decay on weight matrices only: not on biases, LayerNorm gains or embeddings.
+
+    The groups go by name, not by `ndim` (nanoGPT's rule): here the per-head biases `b_Q`, `b_K`,
+    `b_V` are 2-D `[n_heads, d_head]` and still biases.
+    """
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         leaf = name.rsplit(".", 1)[-1]
-        (decay if param.ndim >= 2 and leaf not in ("W_E", "W_pos") else no_decay).append(param)
+        (decay if leaf.startswith("W_") and leaf not in ("W_E", "W_pos") else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
@@ -367,6 +438,9 @@ def evaluate(model: HookedGPT, val_tokens: np.ndarray, cfg: TrainConfig, device:
 
 
 def _validate(cfg: TrainConfig, model_cfg: GPTConfig, world_size: int) -> None:
+    for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches", "checkpoint_interval", "log_interval"):
+        if getattr(cfg, name) < 1:
+            raise TrainingError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.seq_len > model_cfg.n_ctx:
         raise TrainingError(f"seq_len={cfg.seq_len} is longer than the model's context n_ctx={model_cfg.n_ctx}")
     if cfg.seq_len < 2:
@@ -375,14 +449,21 @@ def _validate(cfg: TrainConfig, model_cfg: GPTConfig, world_size: int) -> None:
         raise TrainingError(
             f"batch_size={cfg.batch_size} must be divisible by grad_accum * world_size = {cfg.grad_accum} * {world_size}"
         )
-    if cfg.max_steps < 1:
-        raise TrainingError(f"max_steps must be at least 1, got {cfg.max_steps}")
+    if not cfg.lr > 0:
+        raise TrainingError(f"lr must be positive, got {cfg.lr}")
+    if not 0 <= cfg.val_fraction < 1:
+        raise TrainingError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    if cfg.autocast_dtype not in (None, "bfloat16"):
+        # float16 would need loss scaling (a GradScaler), which this trainer does not do
+        raise TrainingError(f"autocast_dtype must be None or 'bfloat16', got {cfg.autocast_dtype!r}")
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train a model as `cfg` says; return a summary (final losses, steps, tokens, paths).
 
-    With `resume`, continue from `out_dir/ckpt.pt` (its model config must match `cfg`).
+    With `resume`, continue from `out_dir/ckpt.pt` (its model config must match `cfg`); the
+    resumed run computes the same losses as one that was never interrupted. Without it, an
+    existing checkpoint in `out_dir` is an error rather than something to overwrite.
     """
     device = _resolve_device(cfg.device)
     info = _init_distributed(device)
@@ -390,18 +471,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     model_cfg = cfg.model_config()
     _validate(cfg, model_cfg, info.world_size)
 
-    data_dir = Path(cfg.data_dir or out_dir / "data")
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        prepare_data(cfg.data, data_dir, cfg.val_fraction)
-    if info.world_size > 1:
-        dist.barrier()
-    train_tokens, val_tokens = load_tokens(data_dir, "train"), load_tokens(data_dir, "val")
-    if len(train_tokens) <= cfg.seq_len:
-        raise TrainingError(f"the training split has {len(train_tokens)} tokens, fewer than seq_len={cfg.seq_len} + 1")
-    if len(val_tokens) <= cfg.seq_len:
-        val_tokens = train_tokens  # tiny corpora: evaluate on the training split (documented in the log)
-
+    # Check the checkpoint before anything is written: a bad one fails the run and stays as it is.
     ckpt_path = out_dir / CHECKPOINT_NAME
     state = load_checkpoint(ckpt_path) if resume else None
     if state is not None and state["model_config"] != model_cfg.to_dict():
@@ -409,6 +479,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             f"checkpoint {ckpt_path} was trained with model config {state['model_config']}, "
             f"but this run asks for {model_cfg.to_dict()}; use the same config or a new out_dir"
         )
+    if not resume and ckpt_path.exists():
+        raise TrainingError(f"{ckpt_path} already exists; pass --resume to continue that run, or choose another out_dir")
+
+    data_dir = Path(cfg.data_dir or out_dir / "data")
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a process killed mid-save
+            stale.unlink()
+        prepare_data(cfg.data, data_dir, cfg.val_fraction)
+    if info.world_size > 1:
+        dist.barrier()
+    train_tokens, val_tokens = load_tokens(data_dir, "train"), load_tokens(data_dir, "val")
+    if len(train_tokens) <= cfg.seq_len:
+        raise TrainingError(f"the training split has {len(train_tokens)} tokens, fewer than seq_len={cfg.seq_len} + 1")
+    if len(val_tokens) <= cfg.seq_len:
+        warnings.warn(f"the validation split has only {len(val_tokens)} tokens; evaluating on the training split")
+        val_tokens = train_tokens
 
     torch.manual_seed(cfg.seed)
     model = HookedGPT(model_cfg).to(device)
@@ -438,19 +525,31 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         torch.autocast(device.type, dtype=getattr(torch, cfg.autocast_dtype)) if cfg.autocast_dtype else contextlib.nullcontext()
     )
 
+    # The log holds one record per step. A fresh run starts a new one; a resumed run keeps the
+    # records up to its checkpoint (a killed run may have logged steps after it) and goes on.
     log_path = out_dir / "log.jsonl"
+    if info.is_main:
+        kept = [r for r in _read_records(log_path) if r["step"] <= start_step] if resume else []
+        _atomic_write_bytes(log_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    # Ctrl-C: finish the step, save a checkpoint, stop (a second Ctrl-C stops at once).
     interrupted = {"flag": False}
+    catch_sigint = _is_main_thread()  # Python sets signal handlers from the main thread only
+    old_handler = signal.getsignal(signal.SIGINT) or signal.default_int_handler
 
     def on_sigint(signum, frame):
         interrupted["flag"] = True
+        signal.signal(signal.SIGINT, old_handler)
 
-    old_handler = signal.signal(signal.SIGINT, on_sigint) if info.is_main and _is_main_thread() else None
+    if catch_sigint:
+        signal.signal(signal.SIGINT, on_sigint)
 
     def checkpoint(step: int) -> None:
         if info.is_main:
             save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "tokens_seen": tokens_seen, "rng": _rng_state(),
+                "step": step,  # also the data position: the batches of step s are a function of s
+                "tokens_seen": tokens_seen, "rng": _rng_state(),
                 "train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(),
             })
 
@@ -462,14 +561,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     t0, step = time.perf_counter(), start_step
     try:
         for step in bar:
+            lr = scheduler.get_last_lr()[0]
+            rows = global_batch(train_tokens, cfg, step)  # [batch_size, seq_len]; each rank takes its share
+            ids = objective.softmax_ids(torch.from_numpy(rows))  # None unless restrict_vocab
             loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
-                batch = get_batch(train_tokens, cfg, step, micro, info.rank, info.world_size).to(device)
+                batch = shard(rows, cfg, micro, info.rank, info.world_size).to(device)
                 sync = contextlib.nullcontext()
                 if info.world_size > 1 and micro < cfg.grad_accum - 1:
-                    sync = step_fn.no_sync()
+                    sync = step_fn.no_sync()  # all-reduce the gradients once, after the last micro-step
                 with sync, autocast:
-                    loss = step_fn(batch) / cfg.grad_accum
+                    loss = step_fn(batch, ids) / cfg.grad_accum
                 loss.backward()
                 loss_sum += loss.detach()
             if cfg.grad_clip > 0:
@@ -478,10 +580,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             tokens_seen += tokens_per_step
-            if info.world_size > 1:
+            if info.world_size > 1:  # the mean loss over ranks; and stop everywhere if any rank saw Ctrl-C
+                stop = torch.tensor(float(interrupted["flag"]), device=device)
                 dist.all_reduce(loss_sum)
+                dist.all_reduce(stop)
                 loss_sum /= info.world_size
-            record = {"step": step + 1, "loss": float(loss_sum), "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen}
+                interrupted["flag"] = bool(stop > 0)
+            record = {"step": step + 1, "loss": float(loss_sum), "lr": lr, "tokens": tokens_seen}
             if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_steps:
                 record["val_loss"] = evaluate(model, val_tokens, cfg, device)
             history.append(record)
@@ -491,19 +596,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 if (step + 1 - start_step) % cfg.log_interval == 0 or "val_loss" in record:
                     elapsed = time.perf_counter() - t0
                     bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{(step + 1 - start_step) * tokens_per_step / elapsed:,.0f}")
-            if (step + 1) % cfg.checkpoint_interval == 0 or step + 1 == cfg.max_steps:
+            if (step + 1) % cfg.checkpoint_interval == 0 or step + 1 == cfg.max_steps or interrupted["flag"]:
                 checkpoint(step + 1)
             if interrupted["flag"]:
-                checkpoint(step + 1)
-                bar.write(f"interrupted: checkpoint saved at step {step + 1} in {ckpt_path}; continue with --resume")
+                if info.is_main:
+                    bar.write(f"interrupted: checkpoint saved at step {step + 1} in {ckpt_path}; continue with --resume")
                 break
     finally:
         bar.close()
-        if old_handler is not None:
+        if catch_sigint:
             signal.signal(signal.SIGINT, old_handler)
 
     summary = {"steps": history[-1]["step"] if history else start_step, "tokens_seen": tokens_seen, "history": history,
-               "checkpoint": str(ckpt_path), "log": str(log_path)}
+               "checkpoint": str(ckpt_path), "log": str(log_path), "interrupted": interrupted["flag"]}
     vals = [r["val_loss"] for r in history if "val_loss" in r]
     if history:
         summary["final_train_loss"] = history[-1]["loss"]
@@ -521,15 +626,21 @@ def _is_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _read_records(log_path: Path) -> list[dict]:
+    """Every complete record of a log, in file order (a line cut short by a killed process is skipped)."""
+    records = []
+    if log_path.exists():
+        for line in log_path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                if line.strip():
+                    records.append(json.loads(line))
+    return records
+
+
 def read_log(log_path: Union[str, Path]) -> list[dict]:
-    """The records of a run's `log.jsonl`; a resumed run's repeated steps keep their last record."""
-    records: dict[int, dict] = {}
-    with open(log_path) as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                records[r["step"]] = r
-    return [records[s] for s in sorted(records)]
+    """The records of a run's `log.jsonl` by step; if a step was logged twice, the last record wins."""
+    by_step = {r["step"]: r for r in _read_records(Path(log_path))}
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def write_loss_curve(log_path: Union[str, Path], html_path: Union[str, Path]) -> Path:
@@ -574,13 +685,15 @@ def build_arg_parser():
 
     p = argparse.ArgumentParser(prog="hookgpt train", description="Train a GPT-2 style model with hookgpt's trainer.")
     p.add_argument("--config", help="JSON file of TrainConfig fields (command-line options override it)")
-    p.add_argument("--data", help="a text file or a directory of .txt files (default: the bundled Shakespeare)")
+    p.add_argument("--data", help="a text file, a directory of .txt files, or hf:NAME[:CONFIG] for a Hugging Face dataset's "
+                   "'text' column (needs `datasets`); default: the bundled Shakespeare")
     p.add_argument("--out", dest="out_dir", help="run directory for token files, checkpoints, log.jsonl and loss.html")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
     for name, typ in (("max_steps", int), ("batch_size", int), ("seq_len", int), ("grad_accum", int), ("lr", float),
                       ("min_lr", float), ("warmup_steps", int), ("weight_decay", float), ("grad_clip", float), ("seed", int),
                       ("eval_interval", int), ("eval_batches", int), ("checkpoint_interval", int), ("repeat_fraction", float),
-                      ("autocast_dtype", str), ("device", str)):
+                      ("log_interval", int), ("val_fraction", float), ("data_dir", str), ("autocast_dtype", str),
+                      ("device", str)):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ)
     p.add_argument("--n-layers", type=int)
     p.add_argument("--d-model", type=int)
@@ -615,19 +728,26 @@ def config_from_args(args) -> TrainConfig:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_arg_parser().parse_args(argv)
+    """`hookgpt train ...`: 0 when training finished, 130 when Ctrl-C stopped it (a checkpoint was
+    saved), 2 on bad input (with a message on stderr)."""
+    try:
+        args = build_arg_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or an option argparse rejects (it printed why)
+        return e.code if isinstance(e.code, int) else 2
     try:
         cfg = config_from_args(args)
         summary = train(cfg, resume=args.resume)
     except (TrainingError, FileNotFoundError) as e:
         print(f"hookgpt train: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         losses = {k: round(v, 4) for k, v in summary.items() if k.startswith("final_")}
-        print(json.dumps({"steps": summary["steps"], "tokens_seen": summary["tokens_seen"], **losses, "checkpoint": summary["checkpoint"]}))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
+        print(json.dumps({"steps": summary["steps"], "tokens_seen": summary["tokens_seen"], **losses,
+                          "checkpoint": summary["checkpoint"], "interrupted": summary["interrupted"]}))
+    return 130 if summary["interrupted"] else 0
 
 
 if __name__ == "__main__":
