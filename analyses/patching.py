@@ -389,9 +389,13 @@ class PatchingResult:
         return heatmap(rows, x_labels=pos_labels, y_labels=row_labels, title=title, x_title="position", y_title="head")
 
 
-def _position_labels(model: Any, tokens: Tensor, positions: list[int]) -> list[str]:
-    strings = token_strings(model, tokens[0])
-    return [f"{p}: {strings[p]!r}" for p in positions]
+def _position_labels(model: Any, clean: Tensor, corrupted: Tensor, positions: list[int]) -> list[str]:
+    """"3: ' Mary'", or "3: ' Mary'/' John'" where the first clean and corrupted prompts differ."""
+    clean_strings, corrupted_strings = token_strings(model, clean[0]), token_strings(model, corrupted[0])
+    return [
+        f"{p}: {clean_strings[p]!r}" + ("" if clean_strings[p] == corrupted_strings[p] else f"/{corrupted_strings[p]!r}")
+        for p in positions
+    ]
 
 
 def patch_residual(
@@ -423,7 +427,7 @@ def patch_residual(
     if by_position:
         return PatchingResult(
             values.view(len(layers), len(positions)), ("layer", "pos"), activation, layers, positions, None, clean_metric, corrupted_metric,
-            _position_labels(model, corrupted_tokens, positions),
+            _position_labels(model, clean_tokens, corrupted_tokens, positions),
         )
     return PatchingResult(values, ("layer",), activation, layers, None, None, clean_metric, corrupted_metric)
 
@@ -459,6 +463,6 @@ def patch_heads(
     if by_position:
         return PatchingResult(
             values.view(len(layers), len(positions), len(heads)), ("layer", "pos", "head"), activation, layers, positions, heads,
-            clean_metric, corrupted_metric, _position_labels(model, corrupted_tokens, positions),
+            clean_metric, corrupted_metric, _position_labels(model, clean_tokens, corrupted_tokens, positions),
         )
     return PatchingResult(values.view(len(layers), len(heads)), ("layer", "head"), activation, layers, None, heads, clean_metric, corrupted_metric)
