@@ -1,0 +1,371 @@
+"""The `hookgpt` command line: what a researcher runs first.
+
+    hookgpt demo                      # the shipped model: generate, logit lens, head scans -> report.html
+    hookgpt generate "To be, or not"  # continue a prompt
+    hookgpt lens "..."                # logit lens of a prompt
+    hookgpt heads                     # previous-token / induction / duplicate / BOS head scans
+    hookgpt patch --clean ... --corrupted ... --answer ... --wrong ...
+    hookgpt render "..." --layer 1    # interactive attention view (HTML)
+    hookgpt info                      # config, parameter count, hook names
+    hookgpt train [...]               # train a model (see hookgpt train --help)
+    hookgpt export CKPT DIR           # a training checkpoint -> a loadable model directory
+
+Every command takes `--model` (a shipped model name, a hookgpt or Hugging Face directory, or a
+name in the local Hugging Face cache). The command line is the top layer of the project: it uses
+`hookgpt` and `analyses`, and nothing imports it. Errors are one line on stderr and exit code 2.
+"""
+
+import argparse
+import html
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+DEFAULT_MODEL = "hookgpt-shakespeare"
+DEFAULT_PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the"
+
+
+class CLIError(Exception):
+    """An error to report as one line, without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def load_model(name: str):
+    from hookgpt import HookedGPT
+
+    model = HookedGPT.from_pretrained(name)
+    model.eval()
+    return model
+
+
+def _write(path: Path, text: str) -> Path:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def report_page(title: str, sections: list[tuple[str, Any]]) -> str:
+    """One offline HTML page: each section is a heading and a plotly figure, a rendered view,
+    a pandas DataFrame or preformatted text. plotly.js and the views' bundle are inlined once."""
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    parts, plotly_included = [], False
+    for heading, item in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if isinstance(item, go.Figure):
+            parts.append(item.to_html(full_html=False, include_plotlyjs=not plotly_included))
+            plotly_included = True
+        elif isinstance(item, pd.DataFrame):
+            parts.append(item.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0, classes="table"))
+        elif hasattr(item, "_repr_html_"):
+            parts.append(item._repr_html_())
+        else:
+            parts.append(f"<pre>{html.escape(str(item))}</pre>")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#1f2328}"
+        "h1{font-size:1.6em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #d0d7de}"
+        "pre{background:#f6f8fa;padding:12px;white-space:pre-wrap}.table{border-collapse:collapse}"
+        ".table td,.table th{padding:4px 10px;border-bottom:1px solid #eee;text-align:right}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
+
+
+def _prompt(args) -> str:
+    text = getattr(args, "prompt", None)
+    return DEFAULT_PROMPT if text is None else text.replace("\\n", "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_info(args) -> int:
+    model = load_model(args.model)
+    cfg = model.cfg
+    print(f"model: {args.model} ({cfg.model_name})")
+    print(f"parameters: {model.n_params():,} ({model.n_params(include_embeddings=False):,} without embeddings)")
+    for key, value in cfg.to_dict().items():
+        if key != "extra":
+            print(f"  {key}: {value}")
+    print(f"hook points ({len(model.hook_dict)}):")
+    names = list(model.hook_dict)
+    if not args.all_hooks:
+        names = [n for n in names if not n.startswith("blocks.") or n.startswith("blocks.0.")]
+        print("  (layer 0 shown; every layer has the same; --all-hooks lists them all)")
+    for name in names:
+        print(f"  {name}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    model = load_model(args.model)
+    options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    prompt = _prompt(args)
+    if args.stream:
+        print(prompt, end="", flush=True)
+        for piece in model.generate(prompt, stream=True, **options):
+            print(piece if isinstance(piece, str) else getattr(piece, "text", piece), end="", flush=True)
+        print()
+    else:
+        print(model.generate(prompt, **options))
+    return 0
+
+
+def head_scan_summary(model, seq_len: int = 20, batch: int = 8):
+    """All head scans of `analyses.heads` as {kind: [layer, n_heads] scores}."""
+    from analyses import heads
+
+    return {
+        "previous_token": heads.previous_token_scores(model),
+        "induction": heads.induction_scores(model, seq_len=seq_len, batch=batch),
+        "duplicate_token": heads.duplicate_token_scores(model),
+        "first_token": heads.first_token_scores(model),
+        "current_token": heads.current_token_scores(model),
+    }
+
+
+def cmd_heads(args) -> int:
+    from analyses import heads
+
+    model = load_model(args.model)
+    scores = head_scan_summary(model, seq_len=args.seq_len)
+    for kind in args.kinds or scores:
+        if kind not in scores:
+            raise CLIError(f"unknown scan {kind!r}; choose from {sorted(scores)}")
+        print(f"\n{kind} (top {args.top}):")
+        print(heads.top_heads(scores[kind], k=args.top, kind=kind).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    if args.out:
+        page = report_page(f"Head scans: {args.model}", [(k, heads.plot_head_scores(v, title=k)) for k, v in scores.items()])
+        print(f"\nwrote {_write(Path(args.out), page)}")
+    return 0
+
+
+def cmd_lens(args) -> int:
+    from analyses import logit_lens
+    from analyses.render import logit_lens_grid
+
+    model = load_model(args.model)
+    result = logit_lens.logit_lens(model, _prompt(args), k=args.k)
+    last = len(result.tokens) - 1
+    print(f"logit lens at the last position ({result.tokens[last]!r}): top-{args.k} predictions per layer")
+    for layer, label in enumerate(result.layer_labels):
+        preds = ", ".join(f"{t!r} {p:.2f}" for t, p in zip(result.top_tokens[layer][last], result.top_probs[layer, last].tolist()))
+        print(f"  {label:>10}: {preds}")
+    if args.out:
+        view = logit_lens_grid(result.tokens, result.layer_labels, result.top_tokens, result.top_probs, title="Logit lens")
+        page = report_page(f"Logit lens: {args.model}", [("Top predictions by layer and position", view),
+                                                          ("Probability of the actual next token", result.figure())])
+        print(f"wrote {_write(Path(args.out), page)}")
+    return 0
+
+
+def cmd_patch(args) -> int:
+    from analyses import patching
+
+    model = load_model(args.model)
+    clean, corrupted = args.clean.replace("\\n", "\n"), args.corrupted.replace("\\n", "\n")
+    clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise CLIError(
+            f"clean and corrupted prompts must have the same number of tokens, got {clean_tokens.shape[1]} and "
+            f"{corrupted_tokens.shape[1]}: {model.to_str_tokens(clean)} vs {model.to_str_tokens(corrupted)}"
+        )
+    answer, wrong = model.to_single_token(args.answer), model.to_single_token(args.wrong)
+    import torch
+
+    with torch.no_grad():
+        metric = patching.logit_diff_metric(model(clean_tokens), model(corrupted_tokens), answer, wrong)
+        result = patching.patch_residual(model, clean_tokens, corrupted_tokens, metric, activation=args.activation)
+    print(f"patching {args.activation} (metric: logit difference {args.answer!r} - {args.wrong!r}, 0 = corrupted, 1 = clean)")
+    print(result.to_df().pivot(index="layer", columns="pos", values="metric").to_string(float_format=lambda x: f"{x:.2f}"))
+    if args.out:
+        page = report_page(f"Activation patching: {args.model}", [(f"{args.activation} by layer and position", result.figure())])
+        print(f"wrote {_write(Path(args.out), page)}")
+    return 0
+
+
+def cmd_render(args) -> int:
+    from analyses.render import attention
+
+    model = load_model(args.model)
+    view = attention(model, _prompt(args), layer=args.layer)
+    out = Path(args.out or f"attention-layer{args.layer}.html")
+    view.save(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from hookgpt.train import main as train_main
+
+    return train_main(args.train_args)
+
+
+def cmd_export(args) -> int:
+    from hookgpt.train import export_model
+
+    model = export_model(args.checkpoint, args.out, dtype=args.dtype)
+    print(f"wrote {args.out} ({model.n_params():,} parameters, {args.dtype}); load it with HookedGPT.from_pretrained({str(args.out)!r})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    from analyses import heads, logit_lens
+    from analyses.render import attention, logit_lens_grid
+
+    started = time.perf_counter()
+    model = load_model(args.model)
+    prompt = _prompt(args)
+    out_dir = Path(args.out)
+    print(f"hookgpt demo: {args.model} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {model.n_params():,} parameters)")
+
+    continuation = model.generate(prompt, max_new_tokens=args.max_new_tokens)
+    print(f"\n--- greedy continuation ---\n{continuation}\n---------------------------")
+
+    with torch.no_grad():
+        loss = float(model(prompt, return_type="loss"))
+    lens = logit_lens.logit_lens(model, prompt, k=5)
+    scores = head_scan_summary(model)
+    top = {kind: heads.top_heads(scores[kind], k=3, kind=kind) for kind in ("previous_token", "induction", "duplicate_token")}
+    repeated = heads.repeated_random_tokens(model, seq_len=20, batch=1, seed=0)
+    repeated_text = model.to_string(repeated[0, 1:])
+
+    print(f"loss on the prompt: {loss:.3f} nats/token")
+    for kind, df in top.items():
+        best = ", ".join(f"L{r.layer}H{r.head} {r.score:.2f}" for r in df.itertuples())
+        print(f"top {kind.replace('_', '-')} heads: {best}")
+
+    sections = [
+        ("Prompt and greedy continuation", continuation),
+        ("Logit lens: top predictions by layer and position", logit_lens_grid(lens.tokens, lens.layer_labels, lens.top_tokens, lens.top_probs)),
+        ("Logit lens: probability of the actual next token", lens.figure()),
+    ]
+    for kind, s in scores.items():
+        sections.append((f"Head scan: {kind.replace('_', ' ')}", heads.plot_head_scores(s, title=kind)))
+    sections.append(("Top heads", heads.head_scores_df(scores).sort_values("score", ascending=False).groupby("kind").head(3)))
+    for layer in range(model.cfg.n_layers):
+        sections.append((f"Attention, layer {layer}, on a repeated random sequence (hover a token)", attention(model, repeated_text, layer=layer)))
+    page = report_page(f"hookgpt demo: {args.model}", sections)
+    report = _write(out_dir / "report.html", page)
+    summary = {"model": args.model, "loss_on_prompt": loss, "continuation": continuation,
+               "top_heads": {k: df.to_dict(orient="records") for k, df in top.items()}, "seconds": time.perf_counter() - started}
+    _write(out_dir / "summary.json", json.dumps(summary, indent=2))
+    print(f"\nwrote {report} and {out_dir / 'summary.json'} in {summary['seconds']:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# argument parsing
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hookgpt", description="A clean, hooked GPT-2 for interpretability.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, fn: Callable, help: str, prompt: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or directory (default: {DEFAULT_MODEL})")
+        if prompt:
+            p.add_argument("prompt", nargs="?", default=None, help="the text (\\n for newlines; default: a line of Romeo and Juliet)")
+        return p
+
+    p = add("demo", cmd_demo, "generate, run the logit lens and head scans, and write an HTML report")
+    p.add_argument("--out", default="hookgpt-demo", help="directory for report.html and summary.json (default: hookgpt-demo)")
+    p.add_argument("--prompt", default=None, help="the prompt (default: a line of Romeo and Juliet)")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+
+    p = add("generate", cmd_generate, "continue a prompt", prompt=True)
+    p.add_argument("-n", "--max-new-tokens", type=int, default=40)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+
+    p = add("lens", cmd_lens, "logit lens: what each layer predicts at each position", prompt=True)
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--out", help="also write an HTML view here")
+
+    p = add("heads", cmd_heads, "head scans: previous-token, induction, duplicate-token, first-token, current-token")
+    p.add_argument("--kinds", nargs="*", help="which scans to print (default: all)")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--seq-len", type=int, default=20, help="length of the random sequence repeated for the induction scan")
+    p.add_argument("--out", help="also write heatmaps to this HTML file")
+
+    p = add("patch", cmd_patch, "activation patching from a clean into a corrupted prompt (logit-difference metric)")
+    p.add_argument("--clean", required=True)
+    p.add_argument("--corrupted", required=True)
+    p.add_argument("--answer", required=True, help="the answer token of the clean prompt (one token, e.g. ' Romeo')")
+    p.add_argument("--wrong", required=True, help="the answer token of the corrupted prompt")
+    p.add_argument("--activation", default="resid_pre", choices=["resid_pre", "resid_mid", "attn_out", "mlp_out"])
+    p.add_argument("--out", help="also write the heatmap to this HTML file")
+
+    p = add("render", cmd_render, "interactive attention view of one layer, saved as standalone HTML", prompt=True)
+    p.add_argument("--layer", type=int, default=0)
+    p.add_argument("--out", help="output file (default: attention-layer<L>.html)")
+
+    p = add("info", cmd_info, "model config, parameter count and hook names")
+    p.add_argument("--all-hooks", action="store_true")
+
+    p = sub.add_parser("train", help="train a model (all options: hookgpt train --help)", add_help=False)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("export", help="turn a training checkpoint into a model directory for from_pretrained")
+    p.set_defaults(fn=cmd_export)
+    p.add_argument("checkpoint", help="a ckpt.pt written by hookgpt train")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] == "train":  # the trainer has its own parser; pass everything through
+        args = argparse.Namespace(fn=cmd_train, train_args=argv[1:], command="train")
+    else:
+        args = parser.parse_args(argv)
+    if getattr(args, "fn", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, KeyError, FileNotFoundError, TypeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"hookgpt {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
