@@ -307,17 +307,18 @@ class LanguageModelLoss(nn.Module):
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices only: not on biases, LayerNorm gains or embeddings.
+    """AdamW with weight decay on matrices only: not on 1-D biases, LayerNorm gains or embeddings.
 
-    The groups go by name, not by `ndim` (nanoGPT's rule): here the per-head biases `b_Q`, `b_K`,
-    `b_V` are 2-D `[n_heads, d_head]` and still biases.
+    nanoGPT's rule (`ndim >= 2` decays). Note that it decays the per-head attention biases `b_Q`,
+    `b_K`, `b_V`, which are 2-D `[n_heads, d_head]` here. Changing the rule changes the group
+    sizes, so checkpoints written under the old rule could no longer be resumed.
     """
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         leaf = name.rsplit(".", 1)[-1]
-        (decay if leaf.startswith("W_") and leaf not in ("W_E", "W_pos") else no_decay).append(param)
+        (decay if param.ndim >= 2 and leaf not in ("W_E", "W_pos") else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
