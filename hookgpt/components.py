@@ -108,9 +108,9 @@ class Attention(nn.Module):
         kv_cache_entry: Optional[KVCacheEntry] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         x = normalized_resid_pre
-        q = self.hook_q(einsum(x, self.W_Q, "batch pos d_model, n_heads d_model d_head -> batch pos n_heads d_head") + self.b_Q)
-        k = self.hook_k(einsum(x, self.W_K, "batch pos d_model, n_heads d_model d_head -> batch pos n_heads d_head") + self.b_K)
-        v = self.hook_v(einsum(x, self.W_V, "batch pos d_model, n_heads d_model d_head -> batch pos n_heads d_head") + self.b_V)
+        q = self.hook_q(project_to_heads(x, self.W_Q) + self.b_Q)
+        k = self.hook_k(project_to_heads(x, self.W_K) + self.b_K)
+        v = self.hook_v(project_to_heads(x, self.W_V) + self.b_V)
         if kv_cache_entry is not None:
             k, v = kv_cache_entry.append(k, v)  # keys/values of all positions, past and new
 
@@ -164,6 +164,16 @@ class Attention(nn.Module):
             mask = causal_mask(query_len, key_len, q.device) if mask is None else mask
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return rearrange(z, "batch n_heads pos d_head -> batch pos n_heads d_head")
+
+
+def project_to_heads(
+    x: Float[Tensor, "batch pos d_model"], W: Float[Tensor, "n_heads d_model d_head"]
+) -> Float[Tensor, "batch pos n_heads d_head"]:
+    """`einsum(x, W, "batch pos d_model, n_heads d_model d_head -> batch pos n_heads d_head")`, as one
+    matmul per head. (torch.einsum would first copy W into a `[d_model, n_heads * d_head]` matrix on
+    every call, which costs more than the product itself when decoding one token at a time.)"""
+    per_head = x.reshape(1, -1, x.shape[-1]) @ W  # [n_heads, batch * pos, d_head]
+    return rearrange(per_head, "n_heads (batch pos) d_head -> batch pos n_heads d_head", batch=x.shape[0])
 
 
 def causal_mask(query_len: int, key_len: int, device: torch.device) -> Bool[Tensor, "1 1 query_pos key_pos"]:
