@@ -265,9 +265,10 @@ def _eos_ids(model: HookedGPT, eos_token_id: Union[int, list[int], None]) -> Opt
             if not 0 <= i < model.cfg.d_vocab:
                 raise ValueError(f"eos_token_id {i} is out of range for d_vocab={model.cfg.d_vocab}")
         return ids
-    if model._tokenizer is None and model.cfg.d_vocab < tok.Tokenizer.gpt2().vocab_size:
-        return None  # no tokenizer to ask: generation runs max_new_tokens steps
-    eos = model.tokenizer.eos_token_id
+    try:
+        eos = model.tokenizer.eos_token_id
+    except ValueError:  # no tokenizer fits this vocabulary: generation runs max_new_tokens steps
+        return None
     return [eos] if eos < model.cfg.d_vocab else None
 
 

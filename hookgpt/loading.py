@@ -65,6 +65,9 @@ def config_from_hf(hf_config: dict[str, Any], model_name: str = "custom") -> GPT
     """A `GPTConfig` from the fields of a Hugging Face GPT-2 `config.json`."""
     if hf_config.get("model_type", "gpt2") != "gpt2":
         raise CheckpointError(f"only GPT-2 checkpoints are supported, this one has model_type={hf_config.get('model_type')!r}")
+    for field, unsupported in (("scale_attn_by_inverse_layer_idx", True), ("scale_attn_weights", False), ("add_cross_attention", True)):
+        if hf_config.get(field, not unsupported) == unsupported:
+            raise CheckpointError(f"{field}={unsupported} is not supported (hookgpt implements GPT-2's standard attention)")
     act = hf_config.get("activation_function", "gelu_new")
     act = {"gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new"}.get(act, act)
     d_model = hf_config["n_embd"]

@@ -241,6 +241,17 @@ def test_save_over_existing_directory_and_failures_are_atomic(hf_dir, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
+def test_save_over_the_checkpoint_the_model_was_loaded_from(hf_dir, tmp_path, tokens):
+    """The loaded weights are memory-mapped from the file being replaced: os.replace keeps them valid."""
+    from_pretrained(hf_dir[0]).save_pretrained(tmp_path / "ckpt")
+    model = from_pretrained(tmp_path / "ckpt")
+    process_weights(model)
+    expected = model(tokens)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert torch.equal(model(tokens), expected)
+    assert torch.equal(from_pretrained(tmp_path / "ckpt")(tokens), expected)
+
+
 @pytest.mark.parametrize("which", ["hf_dir", "hf_untied_dir"])
 def test_save_hf_pretrained_loads_in_transformers(request, which, tmp_path, tokens):
     from transformers import GPT2LMHeadModel
@@ -394,6 +405,17 @@ def test_invalid_config_json(hf_dir, tmp_path):
         from_pretrained(directory)
     (directory / "config.json").write_text(json.dumps({"model_type": "llama", "n_layer": 2}))
     with pytest.raises(CheckpointError, match="config.json.*llama"):
+        from_pretrained(directory)
+    config = json.loads((hf_dir[0] / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "scale_attn_by_inverse_layer_idx": True}))
+    with pytest.raises(CheckpointError, match="config.json.*scale_attn_by_inverse_layer_idx"):
+        from_pretrained(directory)
+    (directory / "config.json").write_text(json.dumps({**config, "activation_function": "silu"}))
+    with pytest.raises(CheckpointError, match="config.json.*silu"):
+        from_pretrained(directory)
+    del config["n_embd"]
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="config.json.*n_embd"):
         from_pretrained(directory)
 
 
