@@ -185,7 +185,7 @@ def generate(
         model, tokens, max_new_tokens, mask, eos_ids, use_kv_cache, do_sample, temperature, top_k, top_p, generator
     )
     if verbose:
-        steps = tqdm(steps, total=max_new_tokens, desc="generating", disable=None)
+        steps = iter(tqdm(steps, total=max_new_tokens, desc="generating", disable=None))
 
     as_text = return_type == "str" or (return_type == "auto" and text_input)
     if stream:

@@ -260,8 +260,10 @@ def test_return_types(pair):
 
 def test_progress_bar_is_opt_in(pair, capsys):
     model, _ = pair
-    model.generate("Hi", max_new_tokens=2)
+    quiet = model.generate("Hi", max_new_tokens=2)
     assert capsys.readouterr().err == ""
+    assert model.generate("Hi", max_new_tokens=2, verbose=True) == quiet
+    assert "".join(model.generate("Hi", max_new_tokens=2, verbose=True, stream=True)) == quiet[2:]
 
 
 def test_model_without_tokenizer_generates_tokens():
