@@ -17,6 +17,15 @@ CURRENT, PREVIOUS, FIRST = "current", "previous", "first"
 ROLES = [[CURRENT, PREVIOUS, FIRST, CURRENT], [CURRENT, CURRENT, FIRST, CURRENT]]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy machine extra threads only wait for cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def no_hooks(model) -> bool:
     return all(not hp.has_hooks for hp in model.hook_dict.values())
 

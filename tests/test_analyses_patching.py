@@ -13,6 +13,15 @@ from hookgpt.kv_cache import KVCache, KVCacheEntry
 ANSWER, WRONG = 11, 22
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy machine extra threads only wait for cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def no_hooks(model) -> bool:
     return all(not hp.has_hooks for hp in model.hook_dict.values())
 
@@ -69,10 +78,11 @@ def test_residual_patching_fast_equals_naive(model, prompts, activation, by_posi
 @pytest.mark.parametrize("by_position", [True, False])
 def test_head_patching_fast_equals_naive(model, prompts, activation, by_position):
     clean, corrupted = prompts
-    kwargs = dict(activation=activation, by_position=by_position, read_positions=[1, 4, -1])
-    fast = patch_heads(model, clean, corrupted, raw_metric, **kwargs)
+    heads = [1, 3] if by_position else None  # two heads are enough to see rows go to the right patch
+    kwargs = dict(activation=activation, by_position=by_position, heads=heads, read_positions=[1, 4, -1])
+    fast = patch_heads(model, clean, corrupted, raw_metric, batch_size=10, **kwargs)
     naive = patch_heads(model, clean, corrupted, raw_metric, method="naive", **kwargs)
-    assert fast.values.shape == ((2, 7, 4) if by_position else (2, 4))
+    assert fast.values.shape == ((2, 7, 2) if by_position else (2, 4))
     assert (fast.values - naive.values).abs().max() <= 1e-5
     assert no_hooks(model)
 
@@ -89,8 +99,8 @@ def test_naive_reference_is_a_plain_hooked_run(model, prompts):
 
     with torch.no_grad():
         expected = raw_metric(model.run_with_hooks(corrupted, fwd_hooks=[("blocks.1.attn.hook_z", hook)])[:, [1, 4, -1]])
-    result = patch_heads(model, clean, corrupted, raw_metric, "z", by_position=True, read_positions=[1, 4, -1])
-    assert result.values[1, 3, 2] == pytest.approx(float(expected), abs=1e-5)
+    result = patch_heads(model, clean, corrupted, raw_metric, "z", by_position=True, read_positions=[1, 4, -1], layers=[1], heads=[2])
+    assert result.values[0, 3, 0] == pytest.approx(float(expected), abs=1e-5)
 
 
 def test_patching_the_whole_clean_residual_recovers_the_clean_run(model, prompts):
@@ -100,7 +110,9 @@ def test_patching_the_whole_clean_residual_recovers_the_clean_run(model, prompts
     for layer in (0, 1):
         values, clean_metric, corrupted_metric = patch_activations(model, clean, corrupted, metric, "resid_pre", [Patch(layer)])
         assert clean_metric == pytest.approx(1.0, abs=1e-6) and corrupted_metric == pytest.approx(0.0, abs=1e-6)
-        assert float(values[0]) == pytest.approx(1.0, abs=1e-5)
+        assert float(values[0]) == pytest.approx(1.0, abs=1e-4)  # a logit difference of ~0.1 normalised: 1e-5 in logits
+        raw, clean_raw, _ = patch_activations(model, clean, corrupted, raw_metric, "resid_pre", [Patch(layer)], read_positions=[1, -1])
+        assert float(raw[0]) == pytest.approx(clean_raw, abs=1e-5)
     # before the corrupted token nothing differs: patching there changes nothing
     result = patch_residual(model, clean, corrupted, metric, "resid_pre")
     assert result.values[:, :2].abs().max() < 1e-5
