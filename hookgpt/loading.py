@@ -467,7 +467,7 @@ def from_pretrained(
     fold_ln: bool = False,
     center_writing_weights: bool = False,
     center_unembed: bool = False,
-    dtype: DtypeLike = None,
+    dtype: DtypeLike = torch.float32,
     device: DeviceLike = None,
 ) -> HookedGPT:
     """Load a model by name or path (see the module docstring for where it looks).
@@ -476,7 +476,8 @@ def from_pretrained(
         fold_ln, center_writing_weights, center_unembed: weight processing as in
             TransformerLens (see `process_weights`); all off by default, so the weights are
             exactly the checkpoint's.
-        dtype: convert the weights (e.g. torch.float32); None keeps the checkpoint's dtype.
+        dtype: the dtype to compute in; float32 by default (the shipped model is stored in
+            float16, which CPUs compute slowly and imprecisely); None keeps the checkpoint's dtype.
         device: where the weights go (default CPU).
 
     The tokenizer is the directory's own (`tokenizer.json` or `vocab.json` + `merges.txt`) when
