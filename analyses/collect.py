@@ -178,6 +178,8 @@ def collect_activations(
 def _shard_paths(source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> list[Path]:
     if isinstance(source, (str, os.PathLike)):
         source = Path(source)
+        if not source.exists():
+            raise FileNotFoundError(f"no activation shards at {source}: it does not exist")
         paths = sorted(source.glob("*.safetensors")) if source.is_dir() else [source]
     else:
         paths = [Path(p) for p in source]
