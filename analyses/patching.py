@@ -21,7 +21,9 @@ Three observations make it fast:
    corrupted run's. So patches are grouped by position, one group per batch.
 
 And only the positions the metric reads are unembedded (`ln_final` + `unembed` on those rows), so a
-sweep never builds `[patches, pos, d_vocab]` logits. The results equal the plain loop of
+sweep never builds `[patches, pos, d_vocab]` logits. A patch that changes nothing (its clean value
+equals the corrupted one, as at every position before the first token where the prompts differ)
+runs no forward at all: its metric is the corrupted run's. The results equal the plain loop of
 `run_with_hooks` patches (`method="naive"`) up to floating-point rounding.
 
 **The metric** is a function of the logits at the read positions, `[batch, n_read, d_vocab]` (by
@@ -158,7 +160,7 @@ class _Runs:
     """What the patched runs need from the two unpatched runs."""
 
     clean_acts: dict[str, Tensor]  # hook name -> clean activation
-    corrupted_cache: Any  # resid_pre, k, v of every layer (fast method)
+    corrupted_cache: Any  # resid_pre, k, v of every layer and the patched activation (fast method)
     corrupted_read_logits: Float[Tensor, "batch read_pos d_vocab"]
     clean_read_logits: Float[Tensor, "batch read_pos d_vocab"]
 
@@ -211,9 +213,20 @@ def patch_activations(
         if method == "naive":
             values = _naive(model, corrupted_tokens, metric, hook_template, layout, patches, read, runs, disable)
         else:
+            # A patch whose clean value equals the corrupted one (e.g. before the first token where
+            # the prompts differ) leaves the corrupted run as it is: no forward needed.
+            changes = [_changes_something(runs, hook_template, layout, patch) for patch in patches]
             rows = batch_size or rows_per_forward(model, seq_len, memory_mb, len(read))
-            values = _fast(model, metric, hook_template, layout, patches, read, runs, batch, seq_len, max(1, rows // batch), disable)
+            to_run = [i for i, changes_it in enumerate(changes) if changes_it]
+            values = torch.full((len(patches),), corrupted_metric)
+            values[to_run] = _fast(model, metric, hook_template, layout, [patches[i] for i in to_run], read, runs, batch, seq_len, max(1, rows // batch), disable)
     return values, clean_metric, corrupted_metric
+
+
+def _changes_something(runs: "_Runs", hook_template: str, layout: str, patch: Patch) -> bool:
+    name = hook_template.format(layer=patch.layer)
+    where = (slice(None),) + _index(layout, patch)
+    return not torch.equal(runs.clean_acts[name][where], runs.corrupted_cache[name][where])
 
 
 def _unpatched_runs(
@@ -223,7 +236,9 @@ def _unpatched_runs(
     clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names)
     if method == "fast":
         wanted = ("hook_resid_pre", "attn.hook_k", "attn.hook_v")
-        corrupted_logits, corrupted_cache = model.run_with_cache(corrupted, names_filter=lambda name: name.endswith(wanted))
+        corrupted_logits, corrupted_cache = model.run_with_cache(
+            corrupted, names_filter=lambda name: name.endswith(wanted) or name in names
+        )
     else:
         corrupted_logits, corrupted_cache = model(corrupted), None
     return _Runs({name: clean_cache[name] for name in names}, corrupted_cache, corrupted_logits[:, read], clean_logits[:, read])

@@ -214,3 +214,16 @@ def test_text_inputs():
         naive = patch_residual(model, clean, corrupted, metric, method="naive")
     assert (fast.values - naive.values).abs().max() <= 1e-5
     assert fast.position_labels[2] == "2: ' Mary'/' Alice'" and fast.position_labels[1] == "1: 'When'"
+
+
+def test_patches_that_change_nothing_run_no_forward(model, prompts):
+    clean, corrupted = prompts  # they differ from position 2 on
+    calls = []
+
+    def counting(logits):
+        calls.append(logits.shape[0])
+        return raw_metric(logits)
+
+    result = patch_residual(model, clean, corrupted, counting, read_positions=[1, -1])
+    assert len(calls) == 2 + 2 * 5  # clean, corrupted, then only positions 2..6 of each layer
+    assert (result.values[:, :2] == result.corrupted_metric).all()
