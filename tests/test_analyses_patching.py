@@ -225,5 +225,7 @@ def test_patches_that_change_nothing_run_no_forward(model, prompts):
         return raw_metric(logits)
 
     result = patch_residual(model, clean, corrupted, counting, read_positions=[1, -1])
-    assert len(calls) == 2 + 2 * 5  # clean, corrupted, then only positions 2..6 of each layer
-    assert (result.values[:, :2] == result.corrupted_metric).all()
+    # clean, corrupted, then layer 0 only at position 2 (the embeddings of the other tokens are the
+    # same), layer 1 at positions 2..6 (attention has carried the difference forward)
+    assert len(calls) == 2 + 1 + 5
+    assert (result.values[:, :2] == result.corrupted_metric).all() and (result.values[0, 3:] == result.corrupted_metric).all()
