@@ -215,15 +215,15 @@ def patch_activations(
         else:
             # A patch whose clean value equals the corrupted one (e.g. before the first token where
             # the prompts differ) leaves the corrupted run as it is: no forward needed.
-            changes = [_changes_something(runs, hook_template, layout, patch) for patch in patches]
-            rows = batch_size or rows_per_forward(model, seq_len, memory_mb, len(read))
-            to_run = [i for i, changes_it in enumerate(changes) if changes_it]
             values = torch.full((len(patches),), corrupted_metric)
-            values[to_run] = _fast(model, metric, hook_template, layout, [patches[i] for i in to_run], read, runs, batch, seq_len, max(1, rows // batch), disable)
+            to_run = [i for i, patch in enumerate(patches) if _changes_something(runs, hook_template, layout, patch)]
+            patches_per_forward = max(1, (batch_size or rows_per_forward(model, seq_len, memory_mb, len(read))) // batch)
+            to_run_patches = [patches[i] for i in to_run]
+            values[to_run] = _fast(model, metric, hook_template, layout, to_run_patches, read, runs, batch, patches_per_forward, disable)
     return values, clean_metric, corrupted_metric
 
 
-def _changes_something(runs: "_Runs", hook_template: str, layout: str, patch: Patch) -> bool:
+def _changes_something(runs: _Runs, hook_template: str, layout: str, patch: Patch) -> bool:
     name = hook_template.format(layer=patch.layer)
     where = (slice(None),) + _index(layout, patch)
     return not torch.equal(runs.clean_acts[name][where], runs.corrupted_cache[name][where])
@@ -272,7 +272,6 @@ def _fast(
     read: list[int],
     runs: _Runs,
     batch: int,
-    seq_len: int,
     patches_per_forward: int,
     disable: Optional[bool],
 ) -> Tensor:
@@ -290,7 +289,7 @@ def _fast(
     values = torch.zeros(len(patches))
     for chunk in progress(chunks, disable=disable, desc="patching"):
         chunk_patches = [patches[i] for i in chunk]
-        read_logits = _run_chunk(model, hook_template, layout, chunk_patches, read, runs, batch, seq_len)
+        read_logits = _run_chunk(model, hook_template, layout, chunk_patches, read, runs, batch)
         for j, i in enumerate(chunk):
             values[i] = float(metric(read_logits[j * batch : (j + 1) * batch]))
     return values
@@ -304,7 +303,6 @@ def _run_chunk(
     read: list[int],
     runs: _Runs,
     batch: int,
-    seq_len: int,
 ) -> Float[Tensor, "rows read_pos d_vocab"]:
     """One batched forward for patches that share their first position `start` and are sorted by
     layer. Rows are patch-major: patch j owns rows j*batch..(j+1)*batch. Returns their logits at
