@@ -53,8 +53,6 @@ class GPTConfig:
             self.d_mlp = 4 * self.d_model
         if self.act_fn not in ACT_FNS:
             raise ValueError(f"act_fn={self.act_fn!r} is not supported; expected one of {ACT_FNS}")
-        if isinstance(self.dtype, str):
-            self.dtype = getattr(torch, self.dtype.replace("torch.", ""))
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "n_layers" else 1):
@@ -71,6 +69,9 @@ class GPTConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}; known fields are {sorted(known)}")
+        d = dict(d)
+        if isinstance(d.get("dtype"), str):
+            d["dtype"] = getattr(torch, d["dtype"].replace("torch.", ""))
         return cls(**d)
 
     @classmethod
