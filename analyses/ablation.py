@@ -82,8 +82,9 @@ class AblationResult:
         if self.effects.ndim == 1:
             return bar(self.effects, [f"mlp {l}" for l in self.layers], title=title, y_title="metric change")
         x_title = {"head": "head", "neuron": "neuron", "position": "position"}[self.kind]
+        layers = [str(l) for l in self.layers]
         return heatmap(
-            self.effects, x_labels=self.column_labels, y_labels=[str(l) for l in self.layers], title=title, x_title=x_title, y_title="layer", signed=True
+            self.effects, x_labels=self.column_labels, y_labels=layers, title=title, x_title=x_title, y_title="layer", signed=True
         )
 
 

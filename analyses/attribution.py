@@ -94,10 +94,14 @@ class LogitAttribution:
         head; "neurons": heatmap layer x neuron. Values are means over prompts and positions."""
         if view == "heads":
             grid = self.head_attributions()
-            return heatmap(grid, y_labels=[str(l) for l in range(self.n_layers)], title=title or "Direct logit attribution per head", x_title="head", y_title="layer", signed=True)
+            title = title or "Direct logit attribution per head"
+            layers = [str(l) for l in range(self.n_layers)]
+            return heatmap(grid, y_labels=layers, title=title, x_title="head", y_title="layer", signed=True)
         if view == "neurons":
             grid = self.neuron_attributions()
-            return heatmap(grid, y_labels=[str(l) for l in range(self.n_layers)], title=title or "Direct logit attribution per neuron", x_title="neuron", y_title="layer", signed=True)
+            title = title or "Direct logit attribution per neuron"
+            layers = [str(l) for l in range(self.n_layers)]
+            return heatmap(grid, y_labels=layers, title=title, x_title="neuron", y_title="layer", signed=True)
         if view != "components":
             raise ValueError(f"view must be 'components', 'heads' or 'neurons', got {view!r}")
         mean = self.mean()
@@ -208,7 +212,8 @@ def direct_logit_attribution(
             else:
                 add(attrs(cache["mlp_out", layer][:, pos][None]), [f"{layer}_mlp_out"], "mlp", layer, [None])
 
-        constant = _logit_of(model, model.ln_final.b.detach() @ model.W_U.detach() + model.b_U.detach(), answer_ids, wrong_ids, len(pos))
+        bias_logits = model.ln_final.b.detach() @ model.W_U.detach() + model.b_U.detach()  # [d_vocab]
+        constant = _logit_of(model, bias_logits, answer_ids, wrong_ids, len(pos))
         actual = _logit_of(model, logits[:, pos], answer_ids, wrong_ids, len(pos))
 
     return LogitAttribution(

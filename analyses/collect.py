@@ -162,7 +162,9 @@ def collect_activations(
         for batch_start in range(start, end, batch_size):
             batch = torch.as_tensor(np.asarray(rows[batch_start : min(batch_start + batch_size, end)]).astype(np.int64))
             with torch.no_grad():
-                _, cache = model.run_with_cache(batch, names_filter=names, return_type=None, stop_at_layer=stop, return_cache_object=False)
+                _, cache = model.run_with_cache(
+                    batch, names_filter=names, return_type=None, stop_at_layer=stop, return_cache_object=False
+                )
             for name in names:
                 parts[name].append(cache[name].to("cpu", dtype or cache[name].dtype))
             tokens.append(batch)

@@ -138,7 +138,9 @@ def _batched_template(template: Template, tokens: Int[Tensor, "batch pos"]) -> F
     if template.ndim == 2 and template.shape == (n, n):
         template = template.expand(batch, n, n)
     if template.shape != (batch, n, n):
-        raise ValueError(f"a template must be [query_pos, key_pos] = {(n, n)} or [batch, query_pos, key_pos], got {tuple(template.shape)}")
+        raise ValueError(
+            f"a template must be [query_pos, key_pos] = {(n, n)} or [batch, query_pos, key_pos], got {tuple(template.shape)}"
+        )
     return template
 
 
@@ -176,7 +178,9 @@ def pattern_scores(
     return scores
 
 
-def head_scores(model: Any, tokens: Optional[TokensLike] = None, template: Template = previous_token_template) -> Float[Tensor, "layer n_heads"]:
+def head_scores(
+    model: Any, tokens: Optional[TokensLike] = None, template: Template = previous_token_template
+) -> Float[Tensor, "layer n_heads"]:
     """`[n_layers, n_heads]` scores of every head against one template (a user-supplied
     `[query_pos, key_pos]` tensor or a function of the tokens); see `pattern_scores`."""
     return pattern_scores(model, tokens, {"template": template})["template"]
@@ -220,7 +224,8 @@ def induction_scores(
 
 def plot_head_scores(scores: Float[Tensor, "layer n_heads"], title: str = "Head scores") -> go.Figure:
     """Heatmap layer x head (layer 0 at the bottom)."""
-    return heatmap(scores, y_labels=[str(l) for l in range(scores.shape[0])], title=title, x_title="head", y_title="layer", colorbar_title="score")
+    layers = [str(l) for l in range(scores.shape[0])]
+    return heatmap(scores, y_labels=layers, title=title, x_title="head", y_title="layer", colorbar_title="score")
 
 
 def top_heads(
@@ -237,7 +242,12 @@ def top_heads(
     best = key.argsort(descending=True)[: min(k, flat.numel())]
     n_heads = scores.shape[1]
     return pd.DataFrame(
-        dict(kind=kind, layer=[int(i) // n_heads for i in best], head=[int(i) % n_heads for i in best], score=[float(flat[i]) for i in best])
+        dict(
+            kind=kind,
+            layer=[int(i) // n_heads for i in best],
+            head=[int(i) % n_heads for i in best],
+            score=[float(flat[i]) for i in best],
+        )
     )
 
 

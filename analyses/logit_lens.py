@@ -121,14 +121,7 @@ class LogitLensResult:
         if value == "target_rank":
             z[:, ~self.has_target] = float("nan")
         text = [[_short(self.top_tokens[l][p][0]) for p in range(len(self.tokens))] for l in range(len(self.layer_labels))]
-        hover = [
-            [
-                "<br>".join(f"{t!r}: {float(pr):.3f}" for t, pr in zip(self.top_tokens[l][p], self.top_probs[l, p]))
-                + (f"<br>target {self.target_tokens[p]!r}: p={float(self.target_probs[l, p]):.3g}, rank {int(self.target_ranks[l, p])}" if self.has_target[p] else "")
-                for p in range(len(self.tokens))
-            ]
-            for l in range(len(self.layer_labels))
-        ]
+        hover = [[self._hover(l, p) for p in range(len(self.tokens))] for l in range(len(self.layer_labels))]
         return heatmap(
             z,
             x_labels=[repr(t)[1:-1] for t in self.tokens],
@@ -143,6 +136,13 @@ class LogitLensResult:
             zmax=1.0 if value != "target_rank" else None,
             colorbar_title=value,
         )
+
+    def _hover(self, layer: int, pos: int) -> str:
+        lines = [f"{t!r}: {float(p):.3f}" for t, p in zip(self.top_tokens[layer][pos], self.top_probs[layer, pos])]
+        if self.has_target[pos]:
+            prob, rank = float(self.target_probs[layer, pos]), int(self.target_ranks[layer, pos])
+            lines.append(f"target {self.target_tokens[pos]!r}: p={prob:.3g}, rank {rank}")
+        return "<br>".join(lines)
 
     def grid_props(self) -> dict[str, Any]:
         """The props of the `LogitLensGrid` view, as keyword arguments of

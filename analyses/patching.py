@@ -219,7 +219,9 @@ def patch_activations(
             to_run = [i for i, patch in enumerate(patches) if _changes_something(runs, hook_template, layout, patch)]
             patches_per_forward = max(1, (batch_size or rows_per_forward(model, seq_len, memory_mb, len(read))) // batch)
             to_run_patches = [patches[i] for i in to_run]
-            values[to_run] = _fast(model, metric, hook_template, layout, to_run_patches, read, runs, batch, patches_per_forward, disable)
+            values[to_run] = _fast(
+                model, metric, hook_template, layout, to_run_patches, read, runs, batch, patches_per_forward, disable
+            )
     return values, clean_metric, corrupted_metric
 
 
@@ -245,7 +247,15 @@ def _unpatched_runs(
 
 
 def _naive(
-    model: Any, corrupted: Tensor, metric: Metric, hook_template: str, layout: str, patches: Sequence[Patch], read: list[int], runs: _Runs, disable: Optional[bool]
+    model: Any,
+    corrupted: Tensor,
+    metric: Metric,
+    hook_template: str,
+    layout: str,
+    patches: Sequence[Patch],
+    read: list[int],
+    runs: _Runs,
+    disable: Optional[bool],
 ) -> Tensor:
     """The reference: one full forward of the corrupted input per patch."""
     values = torch.zeros(len(patches))
@@ -396,7 +406,8 @@ class PatchingResult:
         if self.dims == ("layer", "pos"):
             return heatmap(self.values, x_labels=pos_labels, y_labels=layer_labels, title=title, x_title="position", y_title="layer")
         if self.dims == ("layer", "head"):
-            return heatmap(self.values, x_labels=[str(h) for h in self.heads], y_labels=layer_labels, title=title, x_title="head", y_title="layer")
+            head_labels = [str(h) for h in self.heads]
+            return heatmap(self.values, x_labels=head_labels, y_labels=layer_labels, title=title, x_title="head", y_title="layer")
         rows = self.values.permute(0, 2, 1).reshape(len(self.layers) * len(self.heads), len(self.positions))
         row_labels = [f"L{l}H{h}" for l in self.layers for h in self.heads]
         return heatmap(rows, x_labels=pos_labels, y_labels=row_labels, title=title, x_title="position", y_title="head")
@@ -436,12 +447,13 @@ def patch_residual(
     else:
         positions = None
         patches = [Patch(l) for l in layers]
-    values, clean_metric, corrupted_metric = patch_activations(model, clean_tokens, corrupted_tokens, metric, activation, patches, **kwargs)
+    values, clean_metric, corrupted_metric = patch_activations(
+        model, clean_tokens, corrupted_tokens, metric, activation, patches, **kwargs
+    )
     if by_position:
-        return PatchingResult(
-            values.view(len(layers), len(positions)), ("layer", "pos"), activation, layers, positions, None, clean_metric, corrupted_metric,
-            _position_labels(model, clean_tokens, corrupted_tokens, positions),
-        )
+        labels = _position_labels(model, clean_tokens, corrupted_tokens, positions)
+        values = values.view(len(layers), len(positions))
+        return PatchingResult(values, ("layer", "pos"), activation, layers, positions, None, clean_metric, corrupted_metric, labels)
     return PatchingResult(values, ("layer",), activation, layers, None, None, clean_metric, corrupted_metric)
 
 
@@ -472,10 +484,13 @@ def patch_heads(
     else:
         positions = None
         patches = [Patch(l, None, h) for l in layers for h in heads]
-    values, clean_metric, corrupted_metric = patch_activations(model, clean_tokens, corrupted_tokens, metric, activation, patches, **kwargs)
+    values, clean_metric, corrupted_metric = patch_activations(
+        model, clean_tokens, corrupted_tokens, metric, activation, patches, **kwargs
+    )
     if by_position:
-        return PatchingResult(
-            values.view(len(layers), len(positions), len(heads)), ("layer", "pos", "head"), activation, layers, positions, heads,
-            clean_metric, corrupted_metric, _position_labels(model, clean_tokens, corrupted_tokens, positions),
-        )
-    return PatchingResult(values.view(len(layers), len(heads)), ("layer", "head"), activation, layers, None, heads, clean_metric, corrupted_metric)
+        labels = _position_labels(model, clean_tokens, corrupted_tokens, positions)
+        values = values.view(len(layers), len(positions), len(heads))
+        dims = ("layer", "pos", "head")
+        return PatchingResult(values, dims, activation, layers, positions, heads, clean_metric, corrupted_metric, labels)
+    values = values.view(len(layers), len(heads))
+    return PatchingResult(values, ("layer", "head"), activation, layers, None, heads, clean_metric, corrupted_metric)

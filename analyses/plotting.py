@@ -58,10 +58,10 @@ def heatmap(
         trace.update(text=text, texttemplate="%{text}", textfont=dict(size=9))
     x_names = list(x_labels) if x_labels is not None else [str(i) for i in range(cols)]
     y_names = list(y_labels) if y_labels is not None else [str(i) for i in range(rows)]
-    customdata = np.array(
-        [[f"{y_names[r]} | {x_names[c]}" + (f"<br>{hover[r][c]}" if hover is not None else "") for c in range(cols)] for r in range(rows)],
-        dtype=object,
-    )
+    cell_names = [[f"{y_names[r]} | {x_names[c]}" for c in range(cols)] for r in range(rows)]
+    if hover is not None:
+        cell_names = [[f"{cell_names[r][c]}<br>{hover[r][c]}" for c in range(cols)] for r in range(rows)]
+    customdata = np.array(cell_names, dtype=object)
     trace.update(customdata=customdata, hovertemplate="%{customdata}<br>value=%{z:.4g}<extra></extra>")
     fig = go.Figure(go.Heatmap(**trace))
     fig.update_layout(
@@ -75,7 +75,8 @@ def heatmap(
 def bar(values: Any, labels: Sequence[str], title: str = "", x_title: str = "", y_title: str = "") -> go.Figure:
     """A bar per labelled value, in the given order."""
     y = to_numpy(values).reshape(-1)
-    fig = go.Figure(go.Bar(x=list(range(len(y))), y=y, customdata=list(labels), hovertemplate="%{customdata}: %{y:.4g}<extra></extra>"))
+    hovertemplate = "%{customdata}: %{y:.4g}<extra></extra>"
+    fig = go.Figure(go.Bar(x=list(range(len(y))), y=y, customdata=list(labels), hovertemplate=hovertemplate))
     fig.update_layout(
         title=title,
         xaxis=dict(title=x_title, tickmode="array", tickvals=list(range(len(y))), ticktext=list(labels)),
