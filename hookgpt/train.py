@@ -294,15 +294,18 @@ class LanguageModelLoss(nn.Module):
         return torch.unique(torch.cat([self.vocab_ids, tokens.flatten().to(self.vocab_ids.device)]))
 
     def forward(self, tokens: Tensor, ids: Optional[Tensor] = None) -> Tensor:
-        if self.vocab_ids is None:
-            return self.model(tokens, return_type="loss")
-        if ids is None:
-            ids = self.softmax_ids(tokens)
         model = self.model
         resid = model(tokens, stop_at_layer=model.cfg.n_layers)  # [batch, pos, d_model]
-        normalized = model.ln_final(resid[:, :-1])
-        logits = normalized @ model.W_U[:, ids] + model.b_U[ids]  # [batch, pos - 1, n_ids]
-        targets = torch.searchsorted(ids, tokens[:, 1:].contiguous())
+        # The last position predicts nothing: leave it out before the unembedding, rather than
+        # slicing (and so copying) the much larger logits afterwards.
+        normalized = model.ln_final(resid[:, :-1])  # [batch, pos - 1, d_model]
+        targets = tokens[:, 1:]
+        if self.vocab_ids is None:
+            logits = model.unembed(normalized)  # [batch, pos - 1, d_vocab]
+        else:
+            ids = self.softmax_ids(tokens) if ids is None else ids
+            logits = normalized @ model.W_U[:, ids] + model.b_U[ids]  # [batch, pos - 1, n_ids]
+            targets = torch.searchsorted(ids, targets.contiguous())
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 

@@ -28,6 +28,7 @@ from hookgpt.train import (
     BUNDLED_CORPUS,
     CHECKPOINT_NAME,
     EOT,
+    LanguageModelLoss,
     TrainConfig,
     TrainingError,
     build_arg_parser,
@@ -217,6 +218,19 @@ def test_batches_are_a_function_of_the_step_and_shard_the_global_batch(tmp_path,
     assert torch.equal(torch.cat(blocks), whole)
 
 
+def test_training_objective_is_the_models_loss():
+    torch.manual_seed(0)
+    model = HookedGPT(GPTConfig(**TINY_MODEL, tie_embeddings=True))
+    tokens = torch.randint(0, EOT + 1, (3, 20))
+    expected = model(tokens, return_type="loss")
+    assert torch.allclose(LanguageModelLoss(model)(tokens), expected, atol=1e-6)
+    everything = LanguageModelLoss(model, torch.arange(model.cfg.d_vocab))  # "restricted" to the whole vocabulary
+    assert torch.allclose(everything(tokens), expected, atol=1e-5)
+    subset = LanguageModelLoss(model, torch.arange(100))  # a smaller softmax: a lower loss, batch ids still included
+    assert subset.softmax_ids(tokens).tolist() == sorted(set(range(100)) | set(tokens.flatten().tolist()))
+    assert subset(tokens) < expected
+
+
 # =============================================================================================
 # Optimizer and schedule
 # =============================================================================================
@@ -317,8 +331,7 @@ def test_bf16_autocast_smoke(tmp_path, corpus, restrict):
     assert summary["history"][-1]["loss"] < summary["history"][0]["loss"] + 1.0
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("HOOKGPT_SLOW"), reason="torch.compile takes minutes on CPU; set HOOKGPT_SLOW=1")
+@pytest.mark.slow  # torch.compile takes minutes on a CPU; run with -m slow
 def test_compile_matches_eager(tmp_path, corpus):
     eager = train(tiny_config(tmp_path / "eager", corpus, max_steps=3))
     compiled = train(tiny_config(tmp_path / "compiled", corpus, max_steps=3, compile=True))
