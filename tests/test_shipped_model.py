@@ -1,0 +1,72 @@
+"""The shipped model: loads offline, matches its model card, and has the heads the card promises."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from analyses import heads
+from hookgpt import HookedGPT
+from hookgpt.loading import SHIPPED_DIR, list_shipped_models
+from hookgpt.train import TrainConfig, evaluate, load_tokens, prepare_data
+
+CARD = json.loads((SHIPPED_DIR / "hookgpt-shakespeare" / "card.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model():
+    return HookedGPT.from_pretrained("hookgpt-shakespeare")
+
+
+def test_is_listed_and_small():
+    assert "hookgpt-shakespeare" in list_shipped_models()
+    weights = SHIPPED_DIR / "hookgpt-shakespeare" / "model.safetensors"
+    assert weights.stat().st_size <= 30 * 2**20
+    assert (SHIPPED_DIR / "hookgpt-shakespeare" / "MODEL_CARD.md").exists()
+
+
+def test_loads_offline_in_float32(model):
+    assert model.cfg.dtype == torch.float32 and model.W_E.dtype == torch.float32
+    assert model.cfg.n_layers == CARD["config"]["n_layers"] and model.cfg.d_model == CARD["config"]["d_model"]
+    assert model.n_params() == CARD["parameters"]
+
+
+def test_validation_loss_matches_card(model, tmp_path):
+    train_cfg = TrainConfig.from_dict(CARD["training"]["train_config"])
+    prepare_data(None, tmp_path, train_cfg.val_fraction)
+    loss = evaluate(model, load_tokens(tmp_path, "val"), train_cfg, torch.device("cpu"))
+    assert loss == pytest.approx(CARD["evaluation"]["val_loss"], abs=0.05)
+    # and it learned Shakespeare: far below the loss of a uniform guess over its vocabulary (ln 50257 = 10.8)
+    assert loss < 6.0
+
+
+def test_has_an_induction_head(model):
+    scores = heads.induction_scores(model)
+    assert scores.max() >= 0.4, scores
+    layer, head = divmod(int(scores.argmax()), model.cfg.n_heads)
+    assert layer >= 1, "an induction head needs a previous-token head below it"
+    card_top = CARD["top_heads"]["induction"][0]
+    assert (layer, head) == (card_top["layer"], card_top["head"])
+
+
+def test_has_a_previous_token_head(model):
+    scores = heads.previous_token_scores(model)
+    assert scores.max() >= 0.4, scores
+    card_top = CARD["top_heads"]["previous_token"][0]
+    assert divmod(int(scores.argmax()), model.cfg.n_heads) == (card_top["layer"], card_top["head"])
+
+
+def test_ablating_the_induction_head_hurts_repeated_text(model):
+    tokens = heads.repeated_random_tokens(model, seq_len=30, batch=4, seed=1)
+    layer, head = CARD["top_heads"]["induction"][0]["layer"], CARD["top_heads"]["induction"][0]["head"]
+
+    def ablate(z, hook):
+        z[:, :, head] = 0
+        return z
+
+    with torch.no_grad():
+        clean = model(tokens, return_type="loss", loss_per_token=True)[:, 31:].mean()
+        ablated = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True,
+                                       fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate)])[:, 31:].mean()
+    assert ablated > clean + 0.5
