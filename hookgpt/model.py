@@ -219,9 +219,12 @@ class HookedGPT(HookedRootModule):
         (per-token losses there are 0)."""
         if tokens.shape[1] < 2:
             raise ValueError("the loss needs at least 2 tokens per sequence (one to predict from, one to predict)")
-        predictions, targets = logits[:, :-1], tokens[:, 1:].to(logits.device)
-        loss = F.cross_entropy(predictions.flatten(0, 1).float(), targets.flatten(), reduction="none")
-        loss = loss.view(targets.shape).to(logits.dtype)  # [batch, pos - 1]
+        # targets[:, i] = tokens[:, i + 1]; the last position has none (ignore_index). Shifting the
+        # targets rather than slicing the logits avoids copying a [batch, pos, d_vocab] tensor.
+        targets = torch.full_like(tokens, -100, device=logits.device)
+        targets[:, :-1] = tokens[:, 1:]
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+        loss = loss.view(tokens.shape)[:, :-1].to(logits.dtype)  # [batch, pos - 1]
         if attention_mask is None:
             return loss if per_token else loss.mean()
         keep = (attention_mask[:, :-1] * attention_mask[:, 1:]).to(loss.dtype)
