@@ -6,7 +6,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: work in terminals and notebooks alike, no ipywidgets needed
 
 TokensLike = Union[str, list[str], Tensor]
 

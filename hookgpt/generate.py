@@ -27,7 +27,7 @@ from typing import Optional, Union
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: work in terminals and notebooks alike, no ipywidgets needed
 
 from hookgpt import tokenizer as tok
 from hookgpt.kv_cache import KVCache

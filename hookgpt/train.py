@@ -47,7 +47,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: work in terminals and notebooks alike, no ipywidgets needed
 
 from hookgpt.config import GPTConfig
 from hookgpt.model import HookedGPT
