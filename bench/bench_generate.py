@@ -79,8 +79,8 @@ def main() -> None:
                 outputs[(name, b)] = out
                 if round_ > 0:
                     times[(name, b)].append(elapsed)
-        if round_ == 0:
-            print("warm-up round done")
+        done = " ".join(f"{name}/b{b} {times[(name, b)][-1]:.2f}s" for b in args.batches for name in runners) if round_ else "warm-up"
+        print(f"round {round_}: {done}", flush=True)
 
     print(f"\n{'batch':>5} {'hookgpt tok/s':>14} {'transformers tok/s':>19} {'ratio':>7}  same tokens")
     for b in args.batches:
