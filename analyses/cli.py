@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from hookgpt.atomic import write_text_atomic
+
 DEFAULT_MODEL = "hookgpt-shakespeare"
 DEFAULT_PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the"
 
@@ -42,23 +44,6 @@ def load_model(name: str):
     model = HookedGPT.from_pretrained(name)
     model.eval()
     return model
-
-
-def _write(path: Path, text: str) -> Path:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def report_page(title: str, sections: list[tuple[str, Any]]) -> str:
@@ -159,7 +144,7 @@ def cmd_heads(args) -> int:
         print(heads.top_heads(scores[kind], k=args.top, kind=kind).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if args.out:
         page = report_page(f"Head scans: {args.model}", [(k, heads.plot_head_scores(v, title=k)) for k, v in scores.items()])
-        print(f"\nwrote {_write(Path(args.out), page)}")
+        print(f"\nwrote {write_text_atomic(Path(args.out), page)}")
     return 0
 
 
@@ -178,7 +163,7 @@ def cmd_lens(args) -> int:
         view = logit_lens_grid(result.tokens, result.layer_labels, result.top_tokens, result.top_probs, title="Logit lens")
         page = report_page(f"Logit lens: {args.model}", [("Top predictions by layer and position", view),
                                                           ("Probability of the actual next token", result.figure())])
-        print(f"wrote {_write(Path(args.out), page)}")
+        print(f"wrote {write_text_atomic(Path(args.out), page)}")
     return 0
 
 
@@ -203,7 +188,7 @@ def cmd_patch(args) -> int:
     print(result.to_df().pivot(index="layer", columns="pos", values="metric").to_string(float_format=lambda x: f"{x:.2f}"))
     if args.out:
         page = report_page(f"Activation patching: {args.model}", [(f"{args.activation} by layer and position", result.figure())])
-        print(f"wrote {_write(Path(args.out), page)}")
+        print(f"wrote {write_text_atomic(Path(args.out), page)}")
     return 0
 
 
@@ -271,10 +256,10 @@ def cmd_demo(args) -> int:
     for layer in range(model.cfg.n_layers):
         sections.append((f"Attention, layer {layer}, on a repeated random sequence (hover a token)", attention(model, repeated_text, layer=layer)))
     page = report_page(f"hookgpt demo: {args.model}", sections)
-    report = _write(out_dir / "report.html", page)
+    report = write_text_atomic(out_dir / "report.html", page)
     summary = {"model": args.model, "loss_on_prompt": loss, "continuation": continuation,
                "top_heads": {k: df.to_dict(orient="records") for k, df in top.items()}, "seconds": time.perf_counter() - started}
-    _write(out_dir / "summary.json", json.dumps(summary, indent=2))
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
     print(f"\nwrote {report} and {out_dir / 'summary.json'} in {summary['seconds']:.1f} s")
     return 0
 

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from analyses._common import progress
+from hookgpt.atomic import atomic_write
 
 DataSource = Union[Tensor, np.ndarray, str, os.PathLike]
 NamesFilter = Any  # as `run_with_cache`: a name, a list of names, or a function name -> bool
@@ -72,13 +73,8 @@ def _stop_layer(model: Any, names: list[str]) -> Optional[int]:
 
 
 def _write_atomic(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _already_written(path: Path, metadata: dict[str, str]) -> bool:

@@ -35,7 +35,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm  # text bars: work in terminals and notebooks alike, no ipywidgets needed
 
+from hookgpt.atomic import atomic_write, write_bytes_atomic
 from hookgpt.config import GPTConfig
 from hookgpt.model import HookedGPT
 from hookgpt.tokenizer import Tokenizer
@@ -154,10 +154,10 @@ def prepare_data(
         raise TrainingError(f"the corpus {str(source or BUNDLED_CORPUS)!r} is empty: it has no text to train on")
     data_dir.mkdir(parents=True, exist_ok=True)
     for name, ids in (("train.bin", train), ("val.bin", val)):
-        _atomic_write_bytes(data_dir / name, np.asarray(ids, dtype=np.uint16).tobytes())
+        write_bytes_atomic(data_dir / name, np.asarray(ids, dtype=np.uint16).tobytes())
     meta = {"fingerprint": fingerprint, "val_fraction": val_fraction, "train_tokens": len(train), "val_tokens": len(val),
             "source": str(source or BUNDLED_CORPUS)}
-    _atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
+    write_bytes_atomic(meta_path, json.dumps(meta, indent=2).encode())
     return data_dir
 
 
@@ -339,36 +339,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 # =============================================================================================
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path: Path, state: dict) -> None:
     """`torch.save` to a temporary file in the same folder, then `os.replace`: a reader (or a
     process killed mid-write) only ever sees the old checkpoint or the new one, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Union[str, Path]) -> dict:
@@ -534,7 +509,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     log_path = out_dir / "log.jsonl"
     if info.is_main:
         kept = [r for r in _read_records(log_path) if r["step"] <= start_step] if resume else []
-        _atomic_write_bytes(log_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        write_bytes_atomic(log_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     # Ctrl-C: finish the step, save a checkpoint, stop (a second Ctrl-C stops at once).
     interrupted = {"flag": False}
@@ -658,7 +633,7 @@ def write_loss_curve(log_path: Union[str, Path], html_path: Union[str, Path]) ->
     fig.add_scatter(x=[r["step"] for r in val], y=[r["val_loss"] for r in val], name="val loss", mode="lines+markers")
     fig.update_layout(title="hookgpt training loss", xaxis_title="step", yaxis_title="cross-entropy (nats)", template="plotly_white")
     html = fig.to_html(include_plotlyjs=True, full_html=True)  # inlined: works offline
-    _atomic_write_bytes(Path(html_path), html.encode())
+    write_bytes_atomic(Path(html_path), html.encode())
     return Path(html_path)
 
 

@@ -29,6 +29,8 @@ import webbrowser
 from pathlib import Path
 from typing import Any
 
+from hookgpt.atomic import write_bytes_atomic
+
 from .props import jsonable
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -143,20 +145,7 @@ class RenderedHTML:
 
     def save(self, path: str | os.PathLike, title: str | None = None) -> Path:
         """Write the standalone page to `path` atomically (temporary file, then `os.replace`)."""
-        path = Path(path)
-        document = self.to_html(title).encode("utf-8")
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as tmp:
-                tmp.write(document)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600; a saved page is meant to be shared
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        return path
+        return write_bytes_atomic(path, self.to_html(title).encode("utf-8"))
 
     def show(self) -> Path:
         """Save to a temporary file and open it in the default web browser; returns the file."""
