@@ -72,6 +72,19 @@ def main(run_dir: str) -> None:
     print(json.dumps({k: card[k] for k in ("parameters", "evaluation", "top_heads")}, indent=2))
 
 
+def mechanisms(card: dict) -> str:
+    """One honest sentence on whether the heads the analyses look for are there (threshold 0.4)."""
+    best = {kind: max(max(row) for row in card["head_scans"][kind]) for kind in ("previous_token", "induction")}
+    found = [kind.replace("_", "-") for kind, score in best.items() if score >= 0.4]
+    missing = [f"{kind.replace('_', '-')} (best score {score:.2f})" for kind, score in best.items() if score < 0.4]
+    text = f"Heads scoring >= 0.4: {', '.join(found) or 'none'}."
+    if missing:
+        text += (f" Not (yet) present: {', '.join(missing)}. Within this training budget the model stays on the plateau "
+                 "that precedes the induction-head phase change; continuing the run with `--resume` and more steps is the "
+                 "way forward (see issue 4's notes).")
+    return text
+
+
 def model_card_markdown(card: dict) -> str:
     t, cfg = card["training"], card["config"]
     tc = t["train_config"]
@@ -111,8 +124,7 @@ The last 5% of every play is held out for validation.
     every loss reported here uses the full softmax.
   - **repeated sequences** (`repeat_fraction` {tc['repeat_fraction']}): that fraction of rows is a unit of
     {tc['repeat_min_period']}–{tc['repeat_max_period']} tokens (random ids over the whole vocabulary, or a corpus span, half each)
-    repeated to fill the row, with a random period so no positional shortcut works. This is what makes induction heads form in a
-    few thousand steps.
+    repeated to fill the row, with a random period so no positional shortcut works; meant to make induction heads form sooner.
 - Final training loss (last step, mixed rows): {t['final_train_loss']:.3f}.
 
 ## Evaluation
@@ -122,6 +134,8 @@ The last 5% of every play is held out for validation.
   - induction: {top['induction']}
   - duplicate-token: {top['duplicate_token']}
   - first-token (BOS): {top['first_token']}
+
+{mechanisms(card)}
 
 Previous-token scores:
 
