@@ -20,7 +20,7 @@ of a target token (by default the actual next token) at every layer and position
 """
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 import pandas as pd
 import plotly.graph_objects as go

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from hookgpt import GPTConfig, HookedGPT, HookPoint
+from hookgpt import HookedGPT, HookPoint
 from hookgpt.train import LanguageModelLoss, TrainConfig, global_batch, load_tokens, make_optimizer, prepare_data
 
 SHIPPED = dict(n_layers=2, d_model=128, n_heads=4, d_mlp=512, n_ctx=256, tie_embeddings=True)

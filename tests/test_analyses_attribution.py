@@ -6,34 +6,12 @@ import pytest
 import torch
 
 from analyses.attribution import direct_logit_attribution
-from hookgpt import GPTConfig, HookedGPT
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine extra threads only wait for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def no_hooks(model) -> bool:
-    return all(not hp.has_hooks for hp in model.hook_dict.values())
-
-
-def perturbed(cfg: GPTConfig) -> HookedGPT:
-    torch.manual_seed(0)
-    model = HookedGPT(cfg).eval()
-    with torch.no_grad():  # nonzero biases and LayerNorm parameters, so the constant term matters
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-    return model
+from helpers import no_hooks, perturbed_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    return perturbed(GPTConfig(n_layers=2, d_model=64, n_heads=4, d_vocab=1000, n_ctx=64))
+    return perturbed_model(n_layers=2, d_model=64, n_heads=4, d_vocab=1000, n_ctx=64)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +74,7 @@ def test_given_cache_is_used_and_unchanged(model, tokens):
 
 
 def test_attention_only_model(tokens):
-    model = perturbed(GPTConfig(n_layers=2, d_model=64, n_heads=4, d_vocab=1000, n_ctx=64, attn_only=True))
+    model = perturbed_model(n_layers=2, d_model=64, n_heads=4, d_vocab=1000, n_ctx=64, attn_only=True)
     result = direct_logit_attribution(model, tokens, answer=3, per_neuron=True)
     assert "mlp" not in result.kinds and "neuron" not in result.kinds
     with torch.no_grad():

@@ -8,21 +8,9 @@ import torch
 
 from analyses.collect import _stop_layer, collect_activations, iter_activation_shards, load_activations
 from hookgpt import GPTConfig, HookedGPT
+from helpers import no_hooks
 
 NAMES = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_pattern"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine extra threads only wait for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def no_hooks(model) -> bool:
-    return all(not hp.has_hooks for hp in model.hook_dict.values())
 
 
 @pytest.fixture(scope="module")

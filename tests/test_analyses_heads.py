@@ -9,25 +9,13 @@ import torch
 
 from analyses import heads
 from hookgpt import GPTConfig, HookedGPT
+from helpers import no_hooks
 
 CFG = dict(n_layers=2, d_model=64, n_heads=4, d_vocab=1000, n_ctx=64)
 THETA = math.pi / 64  # angle between consecutive positions
 CURRENT, PREVIOUS, FIRST = "current", "previous", "first"
 # head roles of the hand-built model: [layer][head]
 ROLES = [[CURRENT, PREVIOUS, FIRST, CURRENT], [CURRENT, CURRENT, FIRST, CURRENT]]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine extra threads only wait for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def no_hooks(model) -> bool:
-    return all(not hp.has_hooks for hp in model.hook_dict.values())
 
 
 def hand_built_model() -> HookedGPT:

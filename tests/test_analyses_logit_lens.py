@@ -7,29 +7,12 @@ import torch
 
 from analyses.logit_lens import logit_lens, logit_lens_logits
 from hookgpt import GPTConfig, HookedGPT
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine extra threads only wait for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def no_hooks(model) -> bool:
-    return all(not hp.has_hooks for hp in model.hook_dict.values())
+from helpers import no_hooks, perturbed_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    model = HookedGPT(GPTConfig(n_layers=2, d_model=64, n_heads=4, d_vocab=1000, n_ctx=64)).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.2)
-    return model
+    return perturbed_model(scale=0.2)
 
 
 @pytest.fixture(scope="module")

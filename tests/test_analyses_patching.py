@@ -5,35 +5,17 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from analyses import patching
 from analyses.patching import Patch, logit_diff, logit_diff_metric, patch_activations, patch_heads, patch_residual
 from hookgpt import GPTConfig, HookedGPT
 from hookgpt.kv_cache import KVCache, KVCacheEntry
+from helpers import no_hooks, perturbed_model
 
 ANSWER, WRONG = 11, 22
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine extra threads only wait for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def no_hooks(model) -> bool:
-    return all(not hp.has_hooks for hp in model.hook_dict.values())
-
-
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    model = HookedGPT(GPTConfig(n_layers=2, d_model=64, n_heads=4, d_vocab=1000, n_ctx=64)).eval()
-    with torch.no_grad():  # bigger weights than the init, so patches move the metric visibly
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-    return model
+    return perturbed_model(scale=0.1)
 
 
 @pytest.fixture(scope="module")

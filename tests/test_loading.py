@@ -4,12 +4,11 @@ Ground truth is Hugging Face's `GPT2LMHeadModel` on the same small random weight
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from hf_utils import GPT2_VOCAB, random_hf_gpt2, real_gpt2_cached, save_random_hf_gpt2, write_gpt2_tokenizer_files
+from hf_utils import GPT2_VOCAB, random_hf_gpt2, real_gpt2_cached, save_random_hf_gpt2
 from safetensors.torch import load_file, save_file
 
 from hookgpt import GPTConfig, HookedGPT

@@ -1,7 +1,6 @@
 """The shipped model: loads offline, matches its model card, and has the heads the card promises."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
