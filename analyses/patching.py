@@ -77,14 +77,21 @@ def logit_diff_metric(
     corrupted_logits: Float[Tensor, "batch pos d_vocab"],
     answer: TokenChoice,
     wrong: TokenChoice,
+    model: Any = None,
 ) -> Metric:
     """A patching metric: the logit difference (answer - wrong, at the last position, averaged over
     the batch) rescaled so the corrupted run gives 0 and the clean run gives 1.
+
+    `answer`/`wrong` are token ids, or single-token strings when `model` is given to look them up.
 
     `clean_logits`/`corrupted_logits` are the two unpatched runs' logits (all positions, or just
     the read positions: only the last one is used). The returned metric likewise reads the last
     of the positions it is given, so keep the answer position last in `read_positions`.
     """
+    if isinstance(answer, str) or isinstance(wrong, str):
+        if model is None:
+            raise ValueError(f"answer {answer!r} / wrong {wrong!r}: strings need model=... to be looked up; or pass token ids")
+        answer, wrong = (token_id(model, t) if isinstance(t, str) else t for t in (answer, wrong))
     clean_diff = logit_diff(clean_logits, answer, wrong)
     corrupted_diff = logit_diff(corrupted_logits, answer, wrong)
     if torch.isclose(clean_diff, corrupted_diff):

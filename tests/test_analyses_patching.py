@@ -211,3 +211,19 @@ def test_patches_that_change_nothing_run_no_forward(model, prompts):
     # same), layer 1 at positions 2..6 (attention has carried the difference forward)
     assert len(calls) == 2 + 1 + 5
     assert (result.values[:, :2] == result.corrupted_metric).all() and (result.values[0, 3:] == result.corrupted_metric).all()
+
+
+def test_logit_diff_metric_takes_strings_with_a_model():
+    from analyses.patching import logit_diff_metric
+    from hookgpt import HookedGPT
+
+    model = HookedGPT.from_pretrained("hookgpt-shakespeare")
+    clean, corrupted = model.to_tokens("O Romeo, Romeo! wherefore art thou"), model.to_tokens("O Henry, Henry! wherefore art thou")
+    with torch.no_grad():
+        clean_logits, corrupted_logits = model(clean), model(corrupted)
+    by_string = logit_diff_metric(clean_logits, corrupted_logits, " Romeo", " Henry", model=model)
+    by_id = logit_diff_metric(clean_logits, corrupted_logits, model.to_single_token(" Romeo"), model.to_single_token(" Henry"))
+    assert float(by_string(clean_logits)) == pytest.approx(1.0) and float(by_string(corrupted_logits)) == pytest.approx(0.0)
+    assert float(by_string(clean_logits[:, :5])) == float(by_id(clean_logits[:, :5]))
+    with pytest.raises(ValueError, match="model="):
+        logit_diff_metric(clean_logits, corrupted_logits, " Romeo", " Henry")
