@@ -14,15 +14,6 @@ from hookgpt.loading import from_pretrained
 PROMPTS = ["The quick brown fox", "Hello", "In a hole in the ground there lived a hobbit. Not a nasty"]
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """A random GPT-2 with GPT-2's vocabulary (so the real tokenizer works), in HF and hookgpt."""

@@ -26,15 +26,6 @@ from hookgpt.loading import (
 VOCAB = 1000
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A random tied GPT-2 in HF format, and the HF model."""

@@ -48,14 +48,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = dict(n_layers=2, d_model=32, n_heads=2, n_ctx=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """About 8 KB of Shakespeare (two documents), cut from the bundled corpus."""
