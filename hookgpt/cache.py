@@ -20,6 +20,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hookgpt.hooks import LazyActivation
+
 # Short names -> where they live. "{L}" is the layer.
 _BLOCK_HOOKS = {"resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"}
 _ATTN_HOOKS = {"q", "k", "v", "attn_scores", "pattern", "z", "result"}
@@ -59,9 +61,14 @@ def get_act_name(name: str, layer: Optional[int] = None, layer_type: Optional[st
 
 
 class ActivationCache:
-    """A read-only mapping from hook names to cached activations of one forward pass."""
+    """A read-only mapping from hook names to cached activations of one forward pass.
 
-    def __init__(self, cache_dict: dict[str, Tensor], model: Any, has_batch_dim: bool = True):
+    Some activations arrive lazily (`hook_result`, as a `LazyActivation` that keeps `hook_z`
+    and a copy of `W_O`): they are computed on first access, so a cache that never reads them
+    never pays for them.
+    """
+
+    def __init__(self, cache_dict: dict[str, Union[Tensor, LazyActivation]], model: Any, has_batch_dim: bool = True):
         self.cache_dict = cache_dict
         self.model = model
         self.has_batch_dim = has_batch_dim
@@ -86,7 +93,10 @@ class ActivationCache:
                 f"{name!r} is not in this cache ({len(self.cache_dict)} activations); "
                 f"close matches: {close}. Was it excluded by names_filter?"
             )
-        return self.cache_dict[name]
+        act = self.cache_dict[name]
+        if isinstance(act, LazyActivation):
+            act = self.cache_dict[name] = act.get()
+        return act
 
     def __contains__(self, key: Union[str, tuple]) -> bool:
         try:
@@ -103,27 +113,28 @@ class ActivationCache:
     def keys(self):
         return self.cache_dict.keys()
 
-    def values(self):
-        return self.cache_dict.values()
+    def values(self) -> Iterator[Tensor]:
+        return (self[name] for name in self.cache_dict)
 
-    def items(self):
-        return self.cache_dict.items()
+    def items(self) -> Iterator[tuple[str, Tensor]]:
+        return ((name, self[name]) for name in self.cache_dict)
 
     def __repr__(self) -> str:
         return f"ActivationCache with {len(self)} activations: {list(self.cache_dict)[:6]}{'...' if len(self) > 6 else ''}"
 
     def to(self, device: Union[str, torch.device]) -> "ActivationCache":
         """A copy of the cache with every activation on `device`."""
-        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.model, self.has_batch_dim)
+        moved = {k: v.to(device) for k, v in self.cache_dict.items()}  # lazy ones stay lazy, on `device`
+        return ActivationCache(moved, self.model, self.has_batch_dim)
 
     def remove_batch_dim(self) -> "ActivationCache":
         """A copy without the batch dimension (only for a batch of one)."""
         if not self.has_batch_dim:
             return self
-        sizes = {v.shape[0] for v in self.cache_dict.values()}
+        sizes = {v.shape[0] for v in self.values()}
         if sizes != {1}:
             raise ValueError(f"remove_batch_dim needs a batch of 1, this cache has batch sizes {sorted(sizes)}")
-        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.model, has_batch_dim=False)
+        return ActivationCache({k: v[0] for k, v in self.items()}, self.model, has_batch_dim=False)
 
     # ------------------------------------------------------------------ residual stream
 

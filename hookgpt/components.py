@@ -8,9 +8,12 @@ is the whole architecture:
 
 Two fast paths keep the hooks free when nobody listens, and each is the same maths as the
 explicit code next to it (tests check both give the same outputs):
-- `LayerNorm` uses `F.layer_norm` unless its `hook_scale`/`hook_normalized` are observed;
+- `LayerNorm` uses `F.layer_norm` unless a hook that may edit `hook_scale`/`hook_normalized`
+  is attached (caching hooks only read, see `HookPoint.is_passive`);
 - `Attention` uses `F.scaled_dot_product_attention` unless `hook_attn_scores`/`hook_pattern`
-  are observed (q, k, v and z are computed either way, so their hooks never force the slow path).
+  are observed (q, k, v and z are computed either way, so their hooks never force the slow path);
+- `hook_result` (each head's output) is computed only when a hook may edit it; caches receive it
+  lazily, computed when read.
 """
 
 import math
@@ -44,8 +47,12 @@ class LayerNorm(nn.Module):
 
     def forward(self, residual: Float[Tensor, "batch pos length"]) -> Float[Tensor, "batch pos length"]:
         eps = self.cfg.layer_norm_eps
-        if not (self.hook_scale.has_hooks or self.hook_normalized.has_hooks):
-            return F.layer_norm(residual, (self.length,), self.w, self.b, eps)
+        if self.hook_scale.is_passive and self.hook_normalized.is_passive:
+            # Nobody can edit the scale: the fused kernel, and the scale on the side for caches.
+            if self.hook_scale.has_hooks:
+                variance = residual.var(dim=-1, keepdim=True, correction=0)
+                self.hook_scale((variance + eps).sqrt())
+            return self.hook_normalized(F.layer_norm(residual, (self.length,), self.w, self.b, eps))
         residual = residual - residual.mean(dim=-1, keepdim=True)
         scale = self.hook_scale((residual.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt())
         return self.hook_normalized(residual / scale * self.w + self.b)
@@ -95,7 +102,7 @@ class Attention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, n_heads, query_pos, key_pos], masked, pre-softmax
         self.hook_pattern = HookPoint()  # [batch, n_heads, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, n_heads, d_head]
-        self.hook_result = HookPoint()  # [batch, pos, n_heads, d_model], computed only when observed
+        self.hook_result = HookPoint()  # [batch, pos, n_heads, d_model], computed only when observed (lazily for caches)
 
     @property
     def pattern_observed(self) -> bool:
@@ -120,11 +127,13 @@ class Attention(nn.Module):
             z = self.fused_attention(q, k, v, mask)
         z = self.hook_z(z)
 
-        if self.hook_result.has_hooks:  # each head's output, written to the residual stream
-            result = self.hook_result(
-                einsum(z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos n_heads d_model")
-            )
+        if self.hook_result.has_hooks and not self.hook_result.is_passive:
+            result = self.hook_result(head_results(z, self.W_O))  # a hook may edit each head's output
             return result.sum(dim=-2) + self.b_O
+        if self.hook_result.has_hooks:
+            # Only caches listen: they get each head's output as a LazyActivation, computed if read
+            # (it is n_heads times the size of the residual stream; most analyses never read it).
+            self.hook_result.record_lazily(head_results, z.detach(), self.W_O.detach().clone())
         return einsum(z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos d_model") + self.b_O
 
     def explicit_attention(
@@ -135,12 +144,13 @@ class Attention(nn.Module):
         mask: AttentionMask,
     ) -> Float[Tensor, "batch query_pos n_heads d_head"]:
         """Attention written out: scores, mask, softmax, weighted sum of values."""
+        q = q / math.sqrt(self.cfg.d_head)  # scaling q costs less than scaling the scores
         attn_scores = einsum(
             q, k, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos"
-        ) / math.sqrt(self.cfg.d_head)
+        )
         if mask is None:
             mask = causal_mask(q.shape[1], k.shape[1], q.device)
-        attn_scores = self.hook_attn_scores(attn_scores.masked_fill(~mask, float("-inf")))
+        attn_scores = self.hook_attn_scores(attn_scores.masked_fill_(~mask, float("-inf")))  # fresh: edit in place
         pattern = self.hook_pattern(attn_scores.softmax(dim=-1))
         return einsum(
             pattern, v, "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head"
@@ -164,6 +174,13 @@ class Attention(nn.Module):
             mask = causal_mask(query_len, key_len, q.device) if mask is None else mask
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return rearrange(z, "batch n_heads pos d_head -> batch pos n_heads d_head")
+
+
+def head_results(
+    z: Float[Tensor, "batch pos n_heads d_head"], W_O: Float[Tensor, "n_heads d_head d_model"]
+) -> Float[Tensor, "batch pos n_heads d_model"]:
+    """Each head's output in the residual stream (`hook_result`); they sum to attn_out - b_O."""
+    return einsum(z, W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos n_heads d_model")
 
 
 def project_to_heads(

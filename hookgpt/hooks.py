@@ -29,6 +29,34 @@ class HookShapeError(ValueError):
     """A hook returned a tensor whose shape differs from the activation it replaces."""
 
 
+class LazyActivation:
+    """An activation a cache computes the first time it is read, from inputs it keeps.
+
+    The model hands one to caching hooks instead of a tensor when computing the tensor in the
+    forward pass would be wasted work (see `HookPoint.record_lazily`); `ActivationCache` turns it
+    into the tensor on first access and keeps that.
+    """
+
+    def __init__(self, compute: Callable[..., Tensor], *inputs: Tensor):
+        self._compute = compute
+        self._inputs = inputs
+        self._value: Optional[Tensor] = None
+
+    def get(self) -> Tensor:
+        if self._value is None:
+            self._value = self._compute(*self._inputs)
+            self._compute, self._inputs = None, ()  # let the inputs go
+        return self._value
+
+    def to(self, device: Union[str, torch.device]) -> "LazyActivation":
+        """The same activation, computed on `device` (its inputs move there now)."""
+        return LazyActivation(self._compute, *(t.to(device) for t in self._inputs))
+
+    def then(self, fn: Callable[[Tensor], Tensor]) -> "LazyActivation":
+        """The activation passed through `fn` (still computed on first access)."""
+        return LazyActivation(lambda: fn(self.get()))
+
+
 @dataclass(eq=False)
 class HookHandle:
     """A handle to one attached hook; `remove()` detaches it (idempotent)."""
@@ -64,6 +92,27 @@ class HookPoint(nn.Module):
     @property
     def has_hooks(self) -> bool:
         return bool(self.fwd_handles or self.bwd_handles)
+
+    @property
+    def is_passive(self) -> bool:
+        """True when every attached hook only records the forward value (the caching hooks of
+        `run_with_cache` are such `passive` functions): nothing can replace or edit it, and no
+        gradient is asked for. Also True with no hooks at all.
+
+        The model then may compute the value outside its main path, or lazily.
+        """
+        return not self.bwd_handles and all(getattr(h.fn, "passive", False) for h in self.fwd_handles)
+
+    def record_lazily(self, compute: Callable[..., Tensor], *inputs: Tensor) -> None:
+        """Hand the passive hooks a `LazyActivation(compute, *inputs)` instead of a tensor.
+
+        For activations the forward pass does not otherwise need (`hook_result`): a cache
+        computes it when it is read, and a run that never reads it never pays for it.
+        """
+        assert self.is_passive, f"{self.name}: record_lazily needs passive hooks only"
+        lazy = LazyActivation(compute, *inputs)
+        for handle in list(self.fwd_handles):
+            handle.fn(lazy, hook=self)
 
     def add_hook(self, fn: HookFn, dir: Direction = "fwd", prepend: bool = False) -> HookHandle:
         if dir not in ("fwd", "bwd"):
@@ -115,6 +164,11 @@ class HookPoint(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, fwd={len(self.fwd_handles)}, bwd={len(self.bwd_handles)}"
+
+
+def resolve(act: Union[Tensor, LazyActivation]) -> Tensor:
+    """The tensor of a cached activation, computing it if it is lazy."""
+    return act.get() if isinstance(act, LazyActivation) else act
 
 
 def _names_filter_fn(names_filter: NamesFilter) -> Callable[[str], bool]:
@@ -220,18 +274,30 @@ class HookedRootModule(nn.Module):
         device: Optional[Union[str, torch.device]] = None,
         remove_batch_dim: bool = False,
         cache: Optional[dict[str, Tensor]] = None,
+        lazy: bool = False,
     ) -> tuple[dict[str, Tensor], list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
-        """Hooks that store activations (and, with `incl_bwd`, gradients as `name + "_grad"`)."""
+        """Hooks that store activations (and, with `incl_bwd`, gradients as `name + "_grad"`).
+
+        With `lazy=True` the dict may hold `LazyActivation`s for activations the forward pass
+        does not need itself (`hook_result`); `ActivationCache` computes them on first access.
+        """
         cache = {} if cache is None else cache
         keep = _names_filter_fn(names_filter)
 
         def save(suffix: str) -> HookFn:
-            def save_hook(act: Tensor, hook: HookPoint) -> None:
+            def save_hook(act: Union[Tensor, LazyActivation], hook: HookPoint) -> None:
+                if isinstance(act, LazyActivation) and not lazy:
+                    act = act.get()
+                if isinstance(act, LazyActivation):
+                    act = act if device is None else act.to(device)
+                    cache[hook.name + suffix] = act.then(lambda t: t[0]) if remove_batch_dim else act
+                    return
                 act = act.detach()
                 if remove_batch_dim:
                     act = act[0]
                 cache[hook.name + suffix] = act if device is None else act.to(device)
 
+            save_hook.passive = True  # it only records: lets the model take its fast paths
             return save_hook
 
         names = [name for name in self.hook_dict if keep(name)]
@@ -255,7 +321,7 @@ class HookedRootModule(nn.Module):
         With `incl_bwd=True` the output must be a scalar (e.g. `return_type="loss"`); the
         backward pass runs here and gradients are cached as `"<name>_grad"`.
         """
-        cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim)
+        cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, lazy=True)
         with self.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
             out = self(*model_args, **model_kwargs)
             if incl_bwd:
@@ -269,4 +335,4 @@ class HookedRootModule(nn.Module):
             from hookgpt.cache import ActivationCache
 
             return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
-        return out, cache
+        return out, {name: resolve(act) for name, act in cache.items()}

@@ -22,7 +22,11 @@ Two options exist for small machines, both off by default (the shipped model's c
   the step's global batch) instead of all 50,257; the unembedding dominates the cost of a small
   model. Every micro-step and DDP rank uses the same id set, so the loss is still exact.
 - `repeat_fraction`: a fraction of rows are random token sequences repeated with a random period
-  (or a corpus span repeated), which makes induction heads form sooner.
+  (or, for `repeat_corpus_fraction` of them, a corpus span repeated), which makes induction
+  heads form sooner.
+
+`init_from` starts a run from trained weights instead of a random init (fine-tuning, or the
+second stage of a curriculum): a trainer checkpoint, or anything `HookedGPT.from_pretrained` loads.
 """
 
 import contextlib
@@ -56,6 +60,10 @@ from hookgpt.tokenizer import Tokenizer
 BUNDLED_CORPUS = Path(__file__).parent / "data" / "corpus" / "shakespeare.txt.gz"
 CHECKPOINT_NAME = "ckpt.pt"
 EOT = 50256
+
+
+# The model `hookgpt train` makes when the config names no other (TrainConfig.model overrides it).
+DEFAULT_MODEL = dict(n_layers=2, d_model=128, n_heads=4, n_ctx=256, tie_embeddings=True)
 
 
 class TrainingError(ValueError):
@@ -180,7 +188,8 @@ class TrainConfig:
     out_dir: str = "runs/hookgpt"
     data: Optional[str] = None  # None: the bundled Shakespeare corpus
     data_dir: Optional[str] = None  # where token files go (default: out_dir/data)
-    model: dict = field(default_factory=lambda: dict(n_layers=2, d_model=128, n_heads=4, n_ctx=256, tie_embeddings=True))
+    model: dict = field(default_factory=dict)  # GPTConfig fields over DEFAULT_MODEL (or over init_from's config)
+    init_from: Optional[str] = None  # start from these weights: a trainer checkpoint, or a from_pretrained name/dir
     seq_len: int = 256
     batch_size: int = 16  # rows per optimizer step (global, over all ranks and micro-steps)
     grad_accum: int = 1
@@ -200,6 +209,7 @@ class TrainConfig:
     compile: bool = False
     restrict_vocab: bool = False
     repeat_fraction: float = 0.0
+    repeat_corpus_fraction: float = 0.5  # of the repeated rows, the share that repeat a corpus span
     repeat_min_period: int = 8
     repeat_max_period: int = 96
     val_fraction: float = 0.05
@@ -220,11 +230,12 @@ class TrainConfig:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
 
-    def model_config(self) -> GPTConfig:
-        spec = dict(self.model)
+    def model_config(self, base: Optional[dict] = None) -> GPTConfig:
+        """The model's GPTConfig: `model`'s fields over `base` (default: DEFAULT_MODEL)."""
+        spec = {**(DEFAULT_MODEL if base is None else base), **self.model}
         preset = spec.pop("preset", None)
         try:
-            return GPTConfig.preset(preset, **spec) if preset else GPTConfig(**spec)
+            return GPTConfig.preset(preset, **spec) if preset else GPTConfig.from_dict(spec)
         except (TypeError, ValueError, KeyError) as e:
             raise TrainingError(f"bad model config {self.model}: {e}") from None
 
@@ -244,7 +255,7 @@ def global_batch(tokens: np.ndarray, cfg: TrainConfig, step: int, split_seed: in
         repeat = rng.random(n) < cfg.repeat_fraction
         vocab = rng.integers(0, EOT, size=(n, cfg.seq_len))  # random ids over the whole vocabulary
         periods = rng.integers(cfg.repeat_min_period, cfg.repeat_max_period + 1, size=n)
-        use_corpus_span = rng.random(n) < 0.5
+        use_corpus_span = rng.random(n) < cfg.repeat_corpus_fraction
         for i in np.nonzero(repeat)[0]:
             period = min(int(periods[i]), cfg.seq_len // 2)
             unit = rows[i, :period] if use_corpus_span[i] else vocab[i, :period]
@@ -360,6 +371,26 @@ def load_checkpoint(path: Union[str, Path]) -> dict:
     return state
 
 
+def load_initial_weights(source: str) -> tuple[dict, dict]:
+    """`(model config dict, float32 state dict)` of `init_from`: a trainer checkpoint (a `.pt` file,
+    or a run directory holding one), or a model `HookedGPT.from_pretrained` can load."""
+    path = Path(source)
+    if path.is_dir() and (path / CHECKPOINT_NAME).is_file():
+        path = path / CHECKPOINT_NAME
+    if path.is_file() and path.suffix == ".pt":
+        state = load_checkpoint(path)
+        model_cfg = GPTConfig.from_dict(state["model_config"])
+        weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
+    else:
+        try:
+            model = HookedGPT.from_pretrained(source, dtype=torch.float32)
+        except Exception as e:  # ModelNotFoundError, CheckpointError: say which option failed
+            raise TrainingError(f"init_from={source!r}: {e}") from e
+        model_cfg, weights = model.cfg, model.state_dict()
+    model_cfg = dataclasses.replace(model_cfg, dtype=torch.float32)
+    return model_cfg.to_dict(), weights
+
+
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -430,6 +461,9 @@ def _validate(cfg: TrainConfig, model_cfg: GPTConfig, world_size: int) -> None:
         )
     if not cfg.lr > 0:
         raise TrainingError(f"lr must be positive, got {cfg.lr}")
+    for name in ("repeat_fraction", "repeat_corpus_fraction"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise TrainingError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
     if not 0 <= cfg.val_fraction < 1:
         raise TrainingError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.autocast_dtype not in (None, "bfloat16"):
@@ -447,12 +481,26 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     device = _resolve_device(cfg.device)
     info = _init_distributed(device)
     out_dir = Path(cfg.out_dir)
-    model_cfg = cfg.model_config()
-    _validate(cfg, model_cfg, info.world_size)
 
     # Check the checkpoint before anything is written: a bad one fails the run and stays as it is.
     ckpt_path = out_dir / CHECKPOINT_NAME
     state = load_checkpoint(ckpt_path) if resume else None
+    init_weights = None
+    if cfg.init_from is None:
+        model_cfg = cfg.model_config()
+    elif state is not None:  # resuming: the run's own checkpoint replaces the initial weights
+        model_cfg = cfg.model_config(base=state["model_config"])
+    else:
+        init_cfg, init_weights = load_initial_weights(cfg.init_from)
+        model_cfg = cfg.model_config(base=init_cfg)
+        changed = sorted(k for k, v in model_cfg.to_dict().items() if k != "model_name" and init_cfg.get(k) != v)
+        if changed:
+            raise TrainingError(
+                f"init_from={cfg.init_from!r} has {', '.join(f'{k}={init_cfg.get(k)!r}' for k in changed)}, "
+                f"but the config's model asks for {', '.join(f'{k}={model_cfg.to_dict()[k]!r}' for k in changed)}; "
+                "leave those fields out to train the model as it is"
+            )
+    _validate(cfg, model_cfg, info.world_size)
     if state is not None and state["model_config"] != model_cfg.to_dict():
         raise TrainingError(
             f"checkpoint {ckpt_path} was trained with model config {state['model_config']}, "
@@ -478,6 +526,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     torch.manual_seed(cfg.seed)
     model = HookedGPT(model_cfg).to(device)
+    if init_weights is not None:
+        model.load_state_dict(init_weights)
     vocab_ids = None
     if cfg.restrict_vocab:
         vocab_ids = torch.from_numpy(np.unique(np.asarray(train_tokens)).astype(np.int64)).to(device)
@@ -668,9 +718,12 @@ def build_arg_parser():
                    "'text' column (needs `datasets`); default: the bundled Shakespeare")
     p.add_argument("--out", dest="out_dir", help="run directory for token files, checkpoints, log.jsonl and loss.html")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
+    p.add_argument("--init-from", dest="init_from", help="start from these weights instead of a random init: a trainer "
+                   "checkpoint (or run directory), a shipped model name, or a model directory (fine-tuning)")
     for name, typ in (("max_steps", int), ("batch_size", int), ("seq_len", int), ("grad_accum", int), ("lr", float),
                       ("min_lr", float), ("warmup_steps", int), ("weight_decay", float), ("grad_clip", float), ("seed", int),
                       ("eval_interval", int), ("eval_batches", int), ("checkpoint_interval", int), ("repeat_fraction", float),
+                      ("repeat_corpus_fraction", float), ("repeat_min_period", int), ("repeat_max_period", int),
                       ("log_interval", int), ("val_fraction", float), ("data_dir", str), ("autocast_dtype", str),
                       ("device", str)):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ)
@@ -698,7 +751,7 @@ def config_from_args(args) -> TrainConfig:
     for key, value in vars(args).items():
         if key in fields and value is not None:
             base[key] = value
-    model = dict(base.get("model", TrainConfig().model))
+    model = dict(base.get("model", {}))
     for key in ("n_layers", "d_model", "n_heads", "n_ctx", "attn_only"):
         if getattr(args, key, None) is not None:
             model[key] = getattr(args, key)

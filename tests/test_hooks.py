@@ -265,3 +265,94 @@ def test_scaling_hook_edits_are_applied(scale, layer):
     )
     _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{layer}.hook_attn_out", stop_at_layer=layer + 1)
     torch.testing.assert_close(seen["mid"], seen["pre"] + scale * cache["attn_out", layer], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- passive (caching) hooks
+# Caching hooks only read, so the model keeps its fast paths for them: F.layer_norm with the
+# scale computed on the side, and each head's output (`hook_result`) handed over lazily.
+
+
+def editing_run(model, tokens, names):
+    """The activations at `names` as seen by hooks that *could* edit them (the explicit paths)."""
+    seen = {}
+
+    def grab(act, hook):
+        seen[hook.name] = act.detach().clone()
+        return act  # returning a tensor makes the hook an editing one
+
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(name, grab) for name in names])
+    return logits, seen
+
+
+def test_passive_caching_equals_explicit_paths():
+    from helpers import perturbed_model
+
+    model = perturbed_model()  # nonzero LayerNorm biases, so the LN paths differ visibly if wrong
+    tokens = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(3))
+    names = [n for n in model.hook_dict if n.endswith(("hook_scale", "hook_normalized", "hook_result"))]
+    logits, explicit = editing_run(model, tokens, names)
+    cached_logits, cache = model.run_with_cache(tokens)
+    torch.testing.assert_close(cached_logits, logits, atol=1e-5, rtol=0)
+    for name in names:
+        torch.testing.assert_close(cache[name], explicit[name], atol=1e-5, rtol=1e-5)
+    assert no_hooks_attached(model)
+
+
+def test_hook_result_is_lazy_in_caches_and_computed_once(model, tokens):
+    from hookgpt.hooks import LazyActivation
+
+    _, cache = model.run_with_cache(tokens)
+    name = "blocks.1.attn.hook_result"
+    assert isinstance(cache.cache_dict[name], LazyActivation)  # not computed by the forward pass
+    first = cache[name]
+    assert isinstance(cache.cache_dict[name], torch.Tensor) and cache[name] is first  # kept once read
+    expected = torch.einsum("bphd,hdm->bphm", cache["z", 1], model.blocks[1].attn.W_O.detach())
+    torch.testing.assert_close(first, expected, atol=1e-6, rtol=0)
+    assert all(isinstance(v, torch.Tensor) for v in cache.values())
+
+
+def test_lazy_hook_result_keeps_the_weights_of_its_run(tokens):
+    torch.manual_seed(0)
+    model = HookedGPT(CFG).eval()
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_result", "hook_attn_out")))
+    with torch.no_grad():
+        model.blocks[0].attn.W_O.mul_(3.0)  # edit the weights after the run, before reading
+    got = cache["result", 0].sum(-2) + model.blocks[0].attn.b_O
+    torch.testing.assert_close(got, cache["attn_out", 0], atol=1e-5, rtol=0)
+
+
+def test_lazy_hook_result_with_device_batch_dim_and_plain_dicts(model, tokens):
+    one = tokens[:1]
+    _, cache = model.run_with_cache(one, device="cpu", remove_batch_dim=True)
+    assert cache["result", 0].shape == (12, 4, 64)
+    _, as_dict = model.run_with_cache(one, return_cache_object=False)
+    assert isinstance(as_dict["blocks.0.attn.hook_result"], torch.Tensor)
+    torch.testing.assert_close(as_dict["blocks.0.attn.hook_result"][0], cache["result", 0])
+    # the public caching hooks give plain tensors to whoever uses them with run_with_hooks
+    store, fwd, _ = model.get_caching_hooks(lambda n: n.endswith("hook_result"))
+    model.run_with_hooks(one, fwd_hooks=fwd)
+    assert all(isinstance(v, torch.Tensor) for v in store.values()) and len(store) == 2
+    assert no_hooks_attached(model)
+
+
+def test_gradients_of_hook_result_and_scale_are_cached(model, tokens):
+    names = lambda n: n.endswith(("hook_result", "ln1.hook_scale"))  # noqa: E731
+    _, cache = model.run_with_cache(tokens, names_filter=names, incl_bwd=True, return_type="loss")
+    for layer in range(2):
+        assert cache[f"blocks.{layer}.attn.hook_result_grad"].shape == cache["result", layer].shape
+        assert cache[f"blocks.{layer}.ln1.hook_scale_grad"].abs().sum() > 0
+    assert no_hooks_attached(model)
+
+
+def test_editing_the_layernorm_scale_takes_effect(model, tokens):
+    def double(scale, hook):
+        return scale * 2
+
+    def double_in_place(scale, hook):
+        scale.mul_(2)
+
+    clean = model(tokens)
+    edited = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.ln1.hook_scale", double)])
+    in_place = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.ln1.hook_scale", double_in_place)])
+    assert (edited - clean).abs().max() > 1e-3
+    torch.testing.assert_close(in_place, edited)

@@ -514,6 +514,81 @@ def test_bad_config(tmp_path, corpus, overrides, message):
     assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
 
 
+@pytest.mark.parametrize("overrides", [dict(repeat_fraction=1.5), dict(repeat_corpus_fraction=-0.1)])
+def test_bad_repeat_fractions(tmp_path, corpus, overrides):
+    with pytest.raises(TrainingError, match="must be in"):
+        train(tiny_config(tmp_path / "run", corpus, **overrides))
+
+
+def test_repeat_corpus_fraction_picks_what_is_repeated(tmp_path, corpus):
+    tokens = load_tokens(prepare_data(str(corpus), tmp_path / "data"), "train")
+    seen = {}
+    for fraction in (0.0, 1.0):
+        cfg = tiny_config(tmp_path, corpus, repeat_fraction=1.0, repeat_corpus_fraction=fraction, batch_size=32,
+                          repeat_min_period=4, repeat_max_period=8)
+        rows = get_batch(tokens, cfg, step=3).numpy()
+        text = tokens.tobytes()
+        # a repeated corpus span is a piece of the corpus; 4 random ids out of 50,257 are not
+        seen[fraction] = [rows[i, :4].astype(np.uint16).tobytes() in text for i in range(len(rows))]
+        for row in rows:  # every row repeats its first `period` tokens
+            period = next(p for p in range(4, 9) if (row[p:] == row[:-p]).all())
+            assert period <= 8
+    assert not any(seen[0.0]) and all(seen[1.0])
+
+
+# =============================================================================================
+# init_from: start from trained weights (fine-tuning, curricula)
+# =============================================================================================
+
+
+def final_weights(out_dir) -> dict:
+    return load_checkpoint(Path(out_dir) / CHECKPOINT_NAME)["model"]
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "run_dir", "model_dir"])
+def test_init_from_starts_at_the_source_weights(tmp_path, corpus, finished_run, source):
+    first = Path(finished_run.out_dir)
+    if source == "model_dir":
+        from hookgpt.train import export_model
+
+        export_model(first / CHECKPOINT_NAME, tmp_path / "exported", dtype="float32")
+        init_from = str(tmp_path / "exported")
+    else:
+        init_from = str(first / CHECKPOINT_NAME) if source == "checkpoint" else str(first)
+    # a learning rate of ~0 leaves the weights where they start: at the source's
+    cfg = tiny_config(tmp_path / "second", corpus, init_from=init_from, model={}, lr=1e-30, min_lr=1e-30,
+                      weight_decay=0.0, max_steps=2)
+    train(cfg)
+    start, end = final_weights(first), final_weights(cfg.out_dir)
+    assert start.keys() == end.keys()
+    for name in start:
+        torch.testing.assert_close(end[name], start[name], atol=1e-6, rtol=0)
+    # the run's checkpoint records the full model config it trained, so it resumes on its own
+    ckpt = load_checkpoint(Path(cfg.out_dir) / CHECKPOINT_NAME)
+    assert ckpt["model_config"]["d_model"] == TINY_MODEL["d_model"]
+
+
+def test_init_from_then_resume_needs_no_source(tmp_path, corpus, finished_run):
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(finished_run.out_dir, source)
+    cfg = tiny_config(tmp_path / "second", corpus, init_from=str(source), model={}, max_steps=3)
+    train(cfg)
+    shutil.rmtree(source)
+    summary = train(TrainConfig(**{**cfg.to_dict(), "max_steps": 5}), resume=True)
+    assert summary["steps"] == 5
+
+
+def test_init_from_errors(tmp_path, corpus, finished_run):
+    out = tmp_path / "second"
+    with pytest.raises(TrainingError, match=r"d_model=32.*d_model=48"):
+        train(tiny_config(out, corpus, init_from=finished_run.out_dir, model={"d_model": 48}))
+    with pytest.raises(TrainingError, match="no-such-model"):
+        train(tiny_config(out, corpus, init_from="no-such-model", model={}))
+    assert not out.exists()  # nothing written
+
+
 # =============================================================================================
 # Command line
 # =============================================================================================
