@@ -23,7 +23,8 @@ Two options exist for small machines, both off by default (the shipped model's c
   model. Every micro-step and DDP rank uses the same id set, so the loss is still exact.
 - `repeat_fraction`: a fraction of rows are random token sequences repeated with a random period
   (or, for `repeat_corpus_fraction` of them, a corpus span repeated), which makes induction
-  heads form sooner.
+  heads form sooner. `repeat_vocab_size` draws the random ids from the first N of the vocabulary
+  (GPT-2's BPE ids are ordered by merge rank, so these are its commonest pieces).
 
 `init_from` starts a run from trained weights instead of a random init (fine-tuning, or the
 second stage of a curriculum): a trainer checkpoint, or anything `HookedGPT.from_pretrained` loads.
@@ -210,6 +211,7 @@ class TrainConfig:
     restrict_vocab: bool = False
     repeat_fraction: float = 0.0
     repeat_corpus_fraction: float = 0.5  # of the repeated rows, the share that repeat a corpus span
+    repeat_vocab_size: Optional[int] = None  # random units draw ids below this (None: the whole vocabulary)
     repeat_min_period: int = 8
     repeat_max_period: int = 96
     val_fraction: float = 0.05
@@ -253,7 +255,7 @@ def global_batch(tokens: np.ndarray, cfg: TrainConfig, step: int, split_seed: in
     rows = np.stack([np.asarray(tokens[s : s + cfg.seq_len], dtype=np.int64) for s in starts])
     if cfg.repeat_fraction > 0:
         repeat = rng.random(n) < cfg.repeat_fraction
-        vocab = rng.integers(0, EOT, size=(n, cfg.seq_len))  # random ids over the whole vocabulary
+        vocab = rng.integers(0, cfg.repeat_vocab_size or EOT, size=(n, cfg.seq_len))  # random ids (EOT excluded)
         periods = rng.integers(cfg.repeat_min_period, cfg.repeat_max_period + 1, size=n)
         use_corpus_span = rng.random(n) < cfg.repeat_corpus_fraction
         for i in np.nonzero(repeat)[0]:
@@ -464,6 +466,8 @@ def _validate(cfg: TrainConfig, model_cfg: GPTConfig, world_size: int) -> None:
     for name in ("repeat_fraction", "repeat_corpus_fraction"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise TrainingError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
+    if cfg.repeat_vocab_size is not None and not 2 <= cfg.repeat_vocab_size <= EOT:
+        raise TrainingError(f"repeat_vocab_size must be in [2, {EOT}], got {cfg.repeat_vocab_size}")
     if not 0 <= cfg.val_fraction < 1:
         raise TrainingError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.autocast_dtype not in (None, "bfloat16"):
@@ -724,6 +728,7 @@ def build_arg_parser():
                       ("min_lr", float), ("warmup_steps", int), ("weight_decay", float), ("grad_clip", float), ("seed", int),
                       ("eval_interval", int), ("eval_batches", int), ("checkpoint_interval", int), ("repeat_fraction", float),
                       ("repeat_corpus_fraction", float), ("repeat_min_period", int), ("repeat_max_period", int),
+                      ("repeat_vocab_size", int),
                       ("log_interval", int), ("val_fraction", float), ("data_dir", str), ("autocast_dtype", str),
                       ("device", str)):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ)

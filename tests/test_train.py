@@ -514,8 +514,8 @@ def test_bad_config(tmp_path, corpus, overrides, message):
     assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
 
 
-@pytest.mark.parametrize("overrides", [dict(repeat_fraction=1.5), dict(repeat_corpus_fraction=-0.1)])
-def test_bad_repeat_fractions(tmp_path, corpus, overrides):
+@pytest.mark.parametrize("overrides", [dict(repeat_fraction=1.5), dict(repeat_corpus_fraction=-0.1), dict(repeat_vocab_size=1)])
+def test_bad_repeat_options(tmp_path, corpus, overrides):
     with pytest.raises(TrainingError, match="must be in"):
         train(tiny_config(tmp_path / "run", corpus, **overrides))
 
@@ -534,6 +534,8 @@ def test_repeat_corpus_fraction_picks_what_is_repeated(tmp_path, corpus):
             period = next(p for p in range(4, 9) if (row[p:] == row[:-p]).all())
             assert period <= 8
     assert not any(seen[0.0]) and all(seen[1.0])
+    small = tiny_config(tmp_path, corpus, repeat_fraction=1.0, repeat_corpus_fraction=0.0, repeat_vocab_size=50, batch_size=32)
+    assert get_batch(tokens, small, step=3).max() < 50
 
 
 # =============================================================================================
