@@ -582,6 +582,14 @@ def test_init_from_then_resume_needs_no_source(tmp_path, corpus, finished_run):
     assert summary["steps"] == 5
 
 
+def test_init_from_on_the_command_line(tmp_path, corpus, finished_run, capsys):
+    out = tmp_path / "tuned"
+    assert main(["--init-from", finished_run.out_dir, "--data", str(corpus), "--out", str(out), "--max-steps", "2", *CLI_RUN]) == 0
+    assert load_checkpoint(out / CHECKPOINT_NAME)["train_config"]["init_from"] == finished_run.out_dir
+    assert main(["--init-from", str(tmp_path / "missing"), "--data", str(corpus), "--out", str(tmp_path / "x"), *CLI_RUN]) == 2
+    assert "init_from" in capsys.readouterr().err
+
+
 def test_init_from_errors(tmp_path, corpus, finished_run):
     out = tmp_path / "second"
     with pytest.raises(TrainingError, match=r"d_model=32.*d_model=48"):
