@@ -70,16 +70,29 @@ def test_has_a_previous_token_head(model):
 
 
 @NO_INDUCTION
-def test_ablating_the_induction_head_hurts_repeated_text(model):
-    tokens = heads.repeated_random_tokens(model, seq_len=30, batch=4, seed=1)
-    layer, head = CARD["top_heads"]["induction"][0]["layer"], CARD["top_heads"]["induction"][0]["head"]
+def test_the_model_uses_its_induction_heads(model):
+    """The heads are not only shaped right: the model predicts a repeated sequence by copying,
+    and zero-ablating its induction heads (the card's heads scoring >= 0.3; the model spreads
+    induction over several heads) takes that away."""
+    tokens = heads.repeated_random_tokens(model, seq_len=30, batch=8, seed=1)
+    induction = [(l, h) for l, row in enumerate(CARD["head_scans"]["induction"]) for h, x in enumerate(row) if x >= 0.3]
 
     def ablate(z, hook):
-        z[:, :, head] = 0
+        layer = int(hook.name.split(".")[1])
+        z[:, :, [h for l, h in induction if l == layer]] = 0
         return z
 
+    hooks = [(f"blocks.{layer}.attn.hook_z", ablate) for layer in sorted({l for l, _ in induction})]
     with torch.no_grad():
-        clean = model(tokens, return_type="loss", loss_per_token=True)[:, 31:].mean()
-        ablated = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True,
-                                       fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate)])[:, 31:].mean()
-    assert ablated > clean + 0.5
+        clean = model(tokens, return_type="loss", loss_per_token=True)
+        ablated = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=hooks)
+    first_copy, second_copy = clean[:, :30].mean(), clean[:, 31:].mean()
+    assert second_copy < first_copy - 0.5  # seen tokens are predicted better
+    assert ablated[:, 31:].mean() > second_copy + 1.0  # and not without the induction heads
+
+    line = model.to_tokens("Is this a dagger which I see before me, the handle toward my hand? Come, let me clutch thee.")
+    repeated = torch.cat([line, line[:, 1:]], dim=1)  # BOS, line, line
+    with torch.no_grad():
+        loss = model(repeated, return_type="loss", loss_per_token=True)
+    n = line.shape[1]
+    assert loss[:, n:].mean() < loss[:, : n - 1].mean() - 2.0  # a repeated line of Macbeth is copied
