@@ -6,8 +6,8 @@ is the whole architecture:
 
     LayerNorm -> Embed, PosEmbed -> Attention, MLP -> TransformerBlock -> Unembed
 
-Two fast paths keep the hooks free when nobody listens, and each is the same maths as the
-explicit code next to it (tests check both give the same outputs):
+Fast paths keep the hooks free when nobody listens (or only caches do), and each is the same
+maths as the explicit code next to it (tests check both give the same outputs):
 - `LayerNorm` uses `F.layer_norm` unless a hook that may edit `hook_scale`/`hook_normalized`
   is attached (caching hooks only read, see `HookPoint.is_passive`);
 - `Attention` uses `F.scaled_dot_product_attention` unless `hook_attn_scores`/`hook_pattern`
