@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from hookgpt.hooks import LazyActivation
+from hookgpt.hooks import LazyActivation, resolve
 
 # Short names -> where they live. "{L}" is the layer.
 _BLOCK_HOOKS = {"resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"}
@@ -93,9 +93,7 @@ class ActivationCache:
                 f"{name!r} is not in this cache ({len(self.cache_dict)} activations); "
                 f"close matches: {close}. Was it excluded by names_filter?"
             )
-        act = self.cache_dict[name]
-        if isinstance(act, LazyActivation):
-            act = self.cache_dict[name] = act.get()
+        act = self.cache_dict[name] = resolve(self.cache_dict[name])  # a lazy one is computed once, then kept
         return act
 
     def __contains__(self, key: Union[str, tuple]) -> bool:

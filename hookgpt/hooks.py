@@ -49,12 +49,18 @@ class LazyActivation:
         return self._value
 
     def to(self, device: Union[str, torch.device]) -> "LazyActivation":
-        """The same activation, computed on `device` (its inputs move there now)."""
+        """The same activation, computed on `device` (its inputs, or its value, move there now)."""
+        if self._value is not None:
+            return LazyActivation(lambda value: value, self._value.to(device))
         return LazyActivation(self._compute, *(t.to(device) for t in self._inputs))
 
     def then(self, fn: Callable[[Tensor], Tensor]) -> "LazyActivation":
-        """The activation passed through `fn` (still computed on first access)."""
-        return LazyActivation(lambda: fn(self.get()))
+        """The activation passed through `fn` (still computed on first access, from the same
+        inputs, so that `.to(device)` afterwards still moves them)."""
+        if self._value is not None:
+            return LazyActivation(fn, self._value)
+        compute = self._compute
+        return LazyActivation(lambda *inputs: fn(compute(*inputs)), *self._inputs)
 
 
 @dataclass(eq=False)
@@ -286,12 +292,12 @@ class HookedRootModule(nn.Module):
 
         def save(suffix: str) -> HookFn:
             def save_hook(act: Union[Tensor, LazyActivation], hook: HookPoint) -> None:
-                if isinstance(act, LazyActivation) and not lazy:
-                    act = act.get()
                 if isinstance(act, LazyActivation):
-                    act = act if device is None else act.to(device)
-                    cache[hook.name + suffix] = act.then(lambda t: t[0]) if remove_batch_dim else act
-                    return
+                    if lazy:
+                        act = act if device is None else act.to(device)
+                        cache[hook.name + suffix] = act.then(lambda t: t[0]) if remove_batch_dim else act
+                        return
+                    act = act.get()
                 act = act.detach()
                 if remove_batch_dim:
                     act = act[0]

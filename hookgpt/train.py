@@ -497,11 +497,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     else:
         init_cfg, init_weights = load_initial_weights(cfg.init_from)
         model_cfg = cfg.model_config(base=init_cfg)
-        changed = sorted(k for k, v in model_cfg.to_dict().items() if k != "model_name" and init_cfg.get(k) != v)
+        wanted = model_cfg.to_dict()
+        changed = sorted(k for k, v in wanted.items() if k != "model_name" and init_cfg.get(k) != v)
         if changed:
             raise TrainingError(
                 f"init_from={cfg.init_from!r} has {', '.join(f'{k}={init_cfg.get(k)!r}' for k in changed)}, "
-                f"but the config's model asks for {', '.join(f'{k}={model_cfg.to_dict()[k]!r}' for k in changed)}; "
+                f"but the config's model asks for {', '.join(f'{k}={wanted[k]!r}' for k in changed)}; "
                 "leave those fields out to train the model as it is"
             )
     _validate(cfg, model_cfg, info.world_size)

@@ -328,6 +328,10 @@ def test_lazy_hook_result_with_device_batch_dim_and_plain_dicts(model, tokens):
     _, as_dict = model.run_with_cache(one, return_cache_object=False)
     assert isinstance(as_dict["blocks.0.attn.hook_result"], torch.Tensor)
     torch.testing.assert_close(as_dict["blocks.0.attn.hook_result"][0], cache["result", 0])
+    # moving a cache moves its lazy entries too (also those that drop the batch dimension)
+    assert cache.to("meta")["result", 1].device.type == "meta"
+    _, batched = model.run_with_cache(one)
+    assert batched.to("meta")["result", 1].device.type == "meta"
     # the public caching hooks give plain tensors to whoever uses them with run_with_hooks
     store, fwd, _ = model.get_caching_hooks(lambda n: n.endswith("hook_result"))
     model.run_with_hooks(one, fwd_hooks=fwd)
