@@ -13,12 +13,15 @@ import torch
 ACT_FNS = ("gelu_new", "gelu", "relu")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GPTConfig:
     """Shape and behaviour of a GPT-2 style transformer.
 
     Defaults are GPT-2 small. `d_mlp=None` means `4 * d_model`; `d_head=None` means
     `d_model // n_heads`.
+
+    A config is immutable: two models built from one config never affect each other. Make a
+    changed copy with `dataclasses.replace(cfg, n_layers=4)` (or `cfg.replace(n_layers=4)`).
     """
 
     n_layers: int = 12
@@ -48,15 +51,19 @@ class GPTConfig:
                     f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
                     "pass d_head explicitly"
                 )
-            self.d_head = self.d_model // self.n_heads
+            object.__setattr__(self, "d_head", self.d_model // self.n_heads)  # frozen: set once here
         if self.d_mlp is None:
-            self.d_mlp = 4 * self.d_model
+            object.__setattr__(self, "d_mlp", 4 * self.d_model)
         if self.act_fn not in ACT_FNS:
             raise ValueError(f"act_fn={self.act_fn!r} is not supported; expected one of {ACT_FNS}")
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "n_layers" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def replace(self, **changes: Any) -> "GPTConfig":
+        """A copy with some fields changed (`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -374,10 +374,10 @@ def load_checkpoint(
         )
         state_dict = convert_hf_state_dict(stripped, cfg)
         del hf_sd, stripped
-        cfg.dtype = dtype or state_dict["embed.W_E"].dtype
+        cfg = cfg.replace(dtype=dtype or state_dict["embed.W_E"].dtype)
     else:
         state_dict, where = _load_safetensors(config_path.parent / WEIGHTS_FILE, device), str(directory / WEIGHTS_FILE)
-        cfg.dtype = dtype or cfg.dtype
+        cfg = cfg.replace(dtype=dtype or cfg.dtype)
 
     tokenizer = _tokenizer_in(directory, cfg)
     with torch.device("meta"):
@@ -621,7 +621,7 @@ def fold_layer_norms(model: HookedGPT) -> None:
     unembed.W_U.mul_(ln_final.w[:, None])
     unembed.W_U.sub_(unembed.W_U.mean(dim=0, keepdim=True))
     _reset_layer_norm(ln_final)
-    model.cfg.folded_ln = True
+    model.cfg = model.cfg.replace(folded_ln=True)  # this model only: its config object is its own
 
 
 def _reset_layer_norm(ln: nn.Module) -> None:
@@ -643,7 +643,7 @@ def center_writing_weights_(model: HookedGPT) -> None:
             params += [block.mlp.W_out, block.mlp.b_out]
     for param in params:
         param.sub_(param.mean(dim=-1, keepdim=True))
-    model.cfg.centered_writing_weights = True
+    model.cfg = model.cfg.replace(centered_writing_weights=True)  # this model only: its config object is its own
 
 
 @torch.no_grad()
@@ -652,14 +652,14 @@ def center_unembed_(model: HookedGPT) -> None:
     logits, so log-probabilities are unchanged."""
     model.unembed.W_U.sub_(model.unembed.W_U.mean(dim=-1, keepdim=True))
     model.unembed.b_U.sub_(model.unembed.b_U.mean())
-    model.cfg.centered_unembed = True
+    model.cfg = model.cfg.replace(centered_unembed=True)  # this model only: its config object is its own
 
 
 def untie_embeddings(model: HookedGPT) -> None:
     """Give the unembedding its own copy of W_E.T, so W_E and W_U can be edited separately."""
     if model.unembed.tied:
         model.unembed.untie()
-    model.cfg.tie_embeddings = False
+    model.cfg = model.cfg.replace(tie_embeddings=False)
 
 
 def process_weights(

@@ -704,7 +704,7 @@ def export_model(ckpt: Union[str, Path], out_dir: Union[str, Path], dtype: str =
     model = HookedGPT(model_cfg)
     model.load_state_dict(state["model"])
     model = model.to(getattr(torch, dtype))
-    model.cfg.dtype = getattr(torch, dtype)
+    model.cfg = model.cfg.replace(dtype=getattr(torch, dtype))
     model.save_pretrained(str(out_dir))
     return model
 

@@ -3,6 +3,7 @@
 Ground truth is Hugging Face's `GPT2LMHeadModel` on the same small random weights.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -457,3 +458,17 @@ def test_unknown_model_name(monkeypatch, tmp_path):
     assert isinstance(info.value, FileNotFoundError)
     with pytest.raises(ModelNotFoundError, match="shipped models"):
         from_pretrained("not a valid repo id!")
+
+
+def test_process_weights_leaves_other_models_of_the_same_config_alone(tmp_path):
+    # Two models built from one config: processing one must not change what the other is.
+    cfg = GPTConfig(n_layers=1, d_model=16, n_heads=2, d_vocab=50, n_ctx=8, tie_embeddings=True)
+    a, b = HookedGPT(cfg), HookedGPT(cfg)
+    loading.process_weights(a)
+    assert a.cfg.folded_ln and a.cfg.centered_unembed and not a.cfg.tie_embeddings
+    assert b.cfg == cfg and not b.cfg.folded_ln and b.cfg.tie_embeddings
+    b.save_pretrained(tmp_path / "b")  # b's checkpoint still loads as the tied model it is
+    assert HookedGPT.from_pretrained(tmp_path / "b").cfg.tie_embeddings
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.n_layers = 3
+    assert cfg.replace(n_layers=3).n_layers == 3 and cfg.n_layers == 1
