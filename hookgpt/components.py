@@ -6,14 +6,15 @@ is the whole architecture:
 
     LayerNorm -> Embed, PosEmbed -> Attention, MLP -> TransformerBlock -> Unembed
 
-Fast paths keep the hooks free when nobody listens (or only caches do), and each is the same
-maths as the explicit code next to it (tests check both give the same outputs):
+Fast paths keep the hooks free when nobody listens (or only observe-only hooks such as caches
+do), and each is the same maths as the explicit code next to it (tests check both give the same
+outputs). Each choice is one test, `only_observed(...)` or `Attention.pattern_observed`:
 - `LayerNorm` uses `F.layer_norm` unless a hook that may edit `hook_scale`/`hook_normalized`
-  is attached (caching hooks only read, see `HookPoint.is_passive`);
+  is attached;
 - `Attention` uses `F.scaled_dot_product_attention` unless `hook_attn_scores`/`hook_pattern`
-  are observed (q, k, v and z are computed either way, so their hooks never force the slow path);
-- `hook_result` (each head's output) is computed only when a hook may edit it; caches receive it
-  lazily, computed when read.
+  have hooks (q, k, v and z are computed either way, so their hooks never force the slow path);
+- `hook_result` (each head's output) is computed in the main path only when a hook may edit it;
+  observe-only hooks receive it on the side (caches lazily, computed when read).
 """
 
 import math
@@ -33,6 +34,13 @@ from hookgpt.kv_cache import KVCacheEntry
 AttentionMask = Optional[Bool[Tensor, "batch 1 query_pos key_pos"]]
 
 
+def only_observed(*hook_points: HookPoint) -> bool:
+    """The fast-path test: True when no hook attached to any of `hook_points` can change its
+    activation (none attached, or only observe-only ones such as caches; see `hookgpt.hooks`).
+    A component may then compute those activations off its main path, in a fused kernel."""
+    return all(hp.only_observed for hp in hook_points)
+
+
 class LayerNorm(nn.Module):
     """Centre, scale to unit variance, then apply a learned gain `w` and bias `b`."""
 
@@ -46,16 +54,19 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()  # [batch, pos, length], after w and b (as TransformerLens)
 
     def forward(self, residual: Float[Tensor, "batch pos length"]) -> Float[Tensor, "batch pos length"]:
-        eps = self.cfg.layer_norm_eps
-        if self.hook_scale.is_passive and self.hook_normalized.is_passive:
-            # Nobody can edit the scale: the fused kernel, and the scale on the side for caches.
-            if self.hook_scale.has_hooks:
-                variance = residual.var(dim=-1, keepdim=True, correction=0)
-                self.hook_scale((variance + eps).sqrt())
-            return self.hook_normalized(F.layer_norm(residual, (self.length,), self.w, self.b, eps))
+        if only_observed(self.hook_scale, self.hook_normalized):
+            return self.fused(residual)
         residual = residual - residual.mean(dim=-1, keepdim=True)
-        scale = self.hook_scale((residual.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt())
+        scale = self.hook_scale((residual.pow(2).mean(dim=-1, keepdim=True) + self.cfg.layer_norm_eps).sqrt())
         return self.hook_normalized(residual / scale * self.w + self.b)
+
+    def fused(self, residual: Float[Tensor, "batch pos length"]) -> Float[Tensor, "batch pos length"]:
+        """The same maths in PyTorch's kernel, for when no hook can edit the scale; the scale is
+        computed on the side only if someone observes it."""
+        eps = self.cfg.layer_norm_eps
+        if self.hook_scale.has_hooks:
+            self.hook_scale((residual.var(dim=-1, keepdim=True, correction=0) + eps).sqrt())
+        return self.hook_normalized(F.layer_norm(residual, (self.length,), self.w, self.b, eps))
 
 
 class Embed(nn.Module):
@@ -127,12 +138,13 @@ class Attention(nn.Module):
             z = self.fused_attention(q, k, v, mask)
         z = self.hook_z(z)
 
-        if self.hook_result.has_hooks and not self.hook_result.is_passive:
+        if not only_observed(self.hook_result):
             result = self.hook_result(head_results(z, self.W_O))  # a hook may edit each head's output
             return result.sum(dim=-2) + self.b_O
         if self.hook_result.has_hooks:
-            # Only caches listen: they get each head's output as a LazyActivation, computed if read
-            # (it is n_heads times the size of the residual stream; most analyses never read it).
+            # Only observers listen: they get each head's output on the side, caches as a
+            # LazyActivation computed if read (it is n_heads times the size of the residual stream;
+            # most analyses never read it). W_O is copied: later weight edits don't change it.
             self.hook_result.record_lazily(head_results, z.detach(), self.W_O.detach().clone())
         return einsum(z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos d_model") + self.b_O
 

@@ -10,6 +10,14 @@ after its place in the module tree (`blocks.3.attn.hook_pattern`), and offers th
 them: `add_hook`, `hooks()` (a context manager), `run_with_hooks` and `run_with_cache`.
 Every hook added by those temporary forms is removed when they return, also when the forward
 pass raises.
+
+**Observe-only hooks.** A hook that returns `None` may still edit its activation in place, so the
+model must treat every hook as a possible editor, and give up its fast paths (the fused LayerNorm,
+computing each head's output only on demand). A hook that declares it only reads —
+`add_hook(fn, observe_only=True)`, or `observe(fn)` in a `fwd_hooks` list — lets the model keep them.
+Caches are such hooks; so are your own read-only hooks. An observe-only hook that returns a tensor
+is an error. With `lazy=True` too, it may receive a `LazyActivation` (call `resolve(act)`) for an
+activation the forward pass does not need itself (`hook_result`): it is computed only if read.
 """
 
 import contextlib
@@ -30,11 +38,11 @@ class HookShapeError(ValueError):
 
 
 class LazyActivation:
-    """An activation a cache computes the first time it is read, from inputs it keeps.
+    """An activation computed the first time it is read, from inputs it keeps.
 
-    The model hands one to caching hooks instead of a tensor when computing the tensor in the
-    forward pass would be wasted work (see `HookPoint.record_lazily`); `ActivationCache` turns it
-    into the tensor on first access and keeps that.
+    The model hands one to lazy observe-only hooks (caches) instead of a tensor when computing the
+    tensor in the forward pass would be wasted work (see `HookPoint.record_lazily`);
+    `ActivationCache` turns it into the tensor on first access and keeps that.
     """
 
     def __init__(self, compute: Callable[..., Tensor], *inputs: Tensor):
@@ -65,12 +73,18 @@ class LazyActivation:
 
 @dataclass(eq=False)
 class HookHandle:
-    """A handle to one attached hook; `remove()` detaches it (idempotent)."""
+    """A handle to one attached hook; `remove()` detaches it (idempotent).
+
+    `observe_only`: the hook promises not to change the activation (see the module docstring);
+    `lazy`: it also accepts a `LazyActivation`.
+    """
 
     hook_point: "HookPoint"
     fn: HookFn
     dir: Direction
     active: bool = True
+    observe_only: bool = False
+    lazy: bool = False
 
     def remove(self) -> None:
         if self.active:
@@ -100,30 +114,39 @@ class HookPoint(nn.Module):
         return bool(self.fwd_handles or self.bwd_handles)
 
     @property
-    def is_passive(self) -> bool:
-        """True when every attached hook only records the forward value (the caching hooks of
-        `run_with_cache` are such `passive` functions): nothing can replace or edit it, and no
-        gradient is asked for. Also True with no hooks at all.
+    def only_observed(self) -> bool:
+        """True when no attached hook can change this activation or asks for its gradient: every
+        forward hook is observe-only and there is no backward hook. Also True with no hooks.
 
-        The model then may compute the value outside its main path, or lazily.
+        The model then may compute the value outside its main path, or (for lazy hooks) not at all.
         """
-        return not self.bwd_handles and all(getattr(h.fn, "passive", False) for h in self.fwd_handles)
+        return not self.bwd_handles and all(h.observe_only for h in self.fwd_handles)
 
     def record_lazily(self, compute: Callable[..., Tensor], *inputs: Tensor) -> None:
-        """Hand the passive hooks a `LazyActivation(compute, *inputs)` instead of a tensor.
+        """Hand the observe-only hooks `compute(*inputs)`: lazy ones as a `LazyActivation`,
+        computed only if read; the others (if any) get the tensor, computed once.
 
-        For activations the forward pass does not otherwise need (`hook_result`): a cache
-        computes it when it is read, and a run that never reads it never pays for it.
+        For activations the forward pass does not otherwise need (`hook_result`).
         """
-        assert self.is_passive, f"{self.name}: record_lazily needs passive hooks only"
+        if not self.only_observed:
+            raise RuntimeError(f"{self.name}: record_lazily is only for observe-only hooks")
         lazy = LazyActivation(compute, *inputs)
         for handle in list(self.fwd_handles):
-            handle.fn(lazy, hook=self)
+            handle.fn(lazy if handle.lazy else lazy.get(), hook=self)
 
-    def add_hook(self, fn: HookFn, dir: Direction = "fwd", prepend: bool = False) -> HookHandle:
+    def add_hook(
+        self, fn: HookFn, dir: Direction = "fwd", prepend: bool = False, observe_only: bool = False, lazy: bool = False
+    ) -> HookHandle:
+        """Attach `fn(activation, hook)`; see the module docstring for `observe_only` and `lazy`."""
         if dir not in ("fwd", "bwd"):
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
-        handle = HookHandle(self, fn, dir)
+        if isinstance(fn, Observer):
+            fn, observe_only, lazy = fn.fn, True, lazy or fn.lazy
+        if not callable(fn):
+            raise TypeError(f"a hook must be callable as fn(activation, hook), got {type(fn).__name__} on {self.name}")
+        if lazy and not observe_only:
+            raise ValueError("lazy=True needs observe_only=True: only a hook that just reads may get a LazyActivation")
+        handle = HookHandle(self, fn, dir, observe_only=observe_only, lazy=lazy)
         handles = self._handles(dir)
         handles.insert(0, handle) if prepend else handles.append(handle)
         return handle
@@ -140,6 +163,11 @@ class HookPoint(nn.Module):
         for handle in list(self.fwd_handles):
             out = handle.fn(x, hook=self)
             if out is not None:
+                if handle.observe_only:
+                    raise TypeError(
+                        f"hook {getattr(handle.fn, '__name__', handle.fn)!r} on {self.name} was added as observe-only "
+                        "but returned a value; drop observe_only to let it replace the activation"
+                    )
                 x = self._checked(out, x, handle.fn)
         if self.bwd_handles and x.requires_grad:
             for handle in list(self.bwd_handles):
@@ -170,6 +198,23 @@ class HookPoint(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, fwd={len(self.fwd_handles)}, bwd={len(self.bwd_handles)}"
+
+
+@dataclass(frozen=True)
+class Observer:
+    """A hook function marked observe-only, for the `(name, fn)` lists of `hooks()`,
+    `run_with_hooks` and friends: `fwd_hooks=[("blocks.0.hook_resid_pre", observe(fn))]`."""
+
+    fn: HookFn
+    lazy: bool = False
+
+    def __call__(self, activation: Any, hook: "HookPoint") -> None:
+        self.fn(activation, hook=hook)
+
+
+def observe(fn: HookFn, lazy: bool = False) -> Observer:
+    """Mark `fn` as a hook that only reads its activation (the model keeps its fast paths)."""
+    return Observer(fn, lazy)
 
 
 def resolve(act: Union[Tensor, LazyActivation]) -> Tensor:
@@ -226,10 +271,13 @@ class HookedRootModule(nn.Module):
         hook: HookFn,
         dir: Direction = "fwd",
         prepend: bool = False,
+        observe_only: bool = False,
+        lazy: bool = False,
     ) -> list[HookHandle]:
         """Attach `hook` to the hook point `name` (or to every hook point whose name passes the
-        filter function `name`). Stays attached until `reset_hooks()` or the handles' `remove()`."""
-        return [hp.add_hook(hook, dir=dir, prepend=prepend) for hp in self._resolve(name)]
+        filter function `name`). Stays attached until `reset_hooks()` or the handles' `remove()`.
+        `observe_only`/`lazy`: see the module docstring."""
+        return [hp.add_hook(hook, dir=dir, prepend=prepend, observe_only=observe_only, lazy=lazy) for hp in self._resolve(name)]
 
     def reset_hooks(self, dir: Literal["fwd", "bwd", "both"] = "both") -> None:
         """Remove every hook from every hook point."""
@@ -284,8 +332,10 @@ class HookedRootModule(nn.Module):
     ) -> tuple[dict[str, Tensor], list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
         """Hooks that store activations (and, with `incl_bwd`, gradients as `name + "_grad"`).
 
-        With `lazy=True` the dict may hold `LazyActivation`s for activations the forward pass
-        does not need itself (`hook_result`); `ActivationCache` computes them on first access.
+        The forward hooks come marked observe-only (`observe(fn, lazy=lazy)`), so the model keeps
+        its fast paths. With `lazy=True` the dict may hold `LazyActivation`s for activations the
+        forward pass does not need itself (`hook_result`); `ActivationCache` computes them on first
+        access.
         """
         cache = {} if cache is None else cache
         keep = _names_filter_fn(names_filter)
@@ -303,11 +353,10 @@ class HookedRootModule(nn.Module):
                     act = act[0]
                 cache[hook.name + suffix] = act if device is None else act.to(device)
 
-            save_hook.passive = True  # it only records: lets the model take its fast paths
             return save_hook
 
         names = [name for name in self.hook_dict if keep(name)]
-        fwd = [(name, save("")) for name in names]
+        fwd = [(name, observe(save(""), lazy=lazy)) for name in names]
         bwd = [(name, save("_grad")) for name in names] if incl_bwd else []
         return cache, fwd, bwd
 

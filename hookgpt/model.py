@@ -9,7 +9,7 @@ stream (`start_at_layer`), and returns logits, the loss, both, or nothing. The h
 
 import math
 import os
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ class HookedGPT(HookedRootModule):
             cfg = GPTConfig.preset(cfg)
         self.cfg = cfg
         self._tokenizer = tokenizer
+        self.position_offset: Optional[int] = None  # in a forward with past_kv_cache: how many positions are cached
 
         self.embed = Embed(cfg)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
@@ -142,6 +143,7 @@ class HookedGPT(HookedRootModule):
         stop_at_layer: Optional[int] = None,
         tokens: Optional[Int[Tensor, "batch pos"]] = None,
         past_kv_cache: Optional[KVCache] = None,
+        logit_positions: Optional[Sequence[int]] = None,
     ) -> Any:
         """Run the model.
 
@@ -158,7 +160,12 @@ class HookedGPT(HookedRootModule):
             stop_at_layer: return the residual stream before this block (negative counts from the end;
                 `n_layers` gives the last block's output before `ln_final`).
             past_kv_cache: keys/values of earlier positions (see `hookgpt.kv_cache`); `input` holds
-                only the new positions.
+                only the new positions. While such a forward runs, `model.position_offset` is the
+                number of cached positions, so a hook can tell which positions it sees (it is None
+                in a forward without a cache).
+            logit_positions: unembed only these positions of the input (logits `[batch,
+                len(logit_positions), d_vocab]`); `ln_final` and its hooks still see every position.
+                Saves the biggest matrix product when only a few positions are read. Not with a loss.
         """
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
@@ -177,29 +184,33 @@ class HookedGPT(HookedRootModule):
             )
         batch, new_len = input.shape[:2]
         full_mask = self._full_attention_mask(attention_mask, past_kv_cache, batch, new_len)
+        read = self._logit_positions(logit_positions, new_len, return_type)
 
-        if start_at_layer is None:
-            positions = self._positions(full_mask, past_len, new_len, batch)
-            residual = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(positions))
-            start_at_layer = 0
-        else:
-            residual = input
-            start_at_layer = self._layer_index(start_at_layer, "start_at_layer")
+        start = 0 if start_at_layer is None else self._layer_index(start_at_layer, "start_at_layer")
         stop = self.cfg.n_layers if stop_at_layer is None else self._layer_index(stop_at_layer, "stop_at_layer")
-
         mask = self._block_mask(full_mask, new_len)
-        for layer in range(start_at_layer, stop):
-            entry = None if past_kv_cache is None else past_kv_cache[layer]
-            residual = self.blocks[layer](residual, mask, entry)
+        outer_offset, self.position_offset = self.position_offset, None if past_kv_cache is None else past_len
+        try:
+            if start_at_layer is None:
+                positions = self._positions(full_mask, past_len, new_len, batch)
+                residual = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(positions))
+            else:
+                residual = input
+            for layer in range(start, stop):
+                entry = None if past_kv_cache is None else past_kv_cache[layer]
+                residual = self.blocks[layer](residual, mask, entry)
+            if stop_at_layer is None:
+                normalized = self.ln_final(residual)
+        finally:
+            self.position_offset = outer_offset
         if past_kv_cache is not None:
             past_kv_cache.extend_mask(full_mask[:, past_len:] if full_mask is not None else torch.ones(batch, new_len, dtype=torch.long, device=self.device))
         if stop_at_layer is not None:
             return residual
 
         if return_type is None:
-            self.ln_final(residual)  # still fire the ln_final hooks, so caching sees them
-            return None
-        logits = self.unembed(self.ln_final(residual))
+            return None  # (ln_final still ran above: its hooks fire, so caching sees them)
+        logits = self.unembed(normalized if read is None else normalized[:, read])
         if return_type == "logits":
             return logits
         if tokens is None:
@@ -263,6 +274,17 @@ class HookedGPT(HookedRootModule):
                 f"d_vocab={self.cfg.d_vocab} ids (0..{self.cfg.d_vocab - 1})"
             )
         return tokens.to(self.device)
+
+    def _logit_positions(self, logit_positions: Optional[Sequence[int]], new_len: int, return_type: ReturnType) -> Optional[list[int]]:
+        if logit_positions is None:
+            return None
+        if return_type in ("loss", "both"):
+            raise ValueError(f"logit_positions is for return_type='logits' (a loss needs every position), got {return_type!r}")
+        read = [int(p) for p in logit_positions]
+        bad = [p for p in read if not -new_len <= p < new_len]
+        if bad:
+            raise ValueError(f"logit_positions {bad} out of range for an input of {new_len} positions")
+        return [p % new_len for p in read]
 
     def _layer_index(self, layer: int, what: str) -> int:
         n = self.cfg.n_layers
@@ -418,6 +440,18 @@ class HookedGPT(HookedRootModule):
         from hookgpt.loading import save_pretrained
 
         save_pretrained(self, directory)
+
+    def interventions(self, *interventions: Any) -> Any:
+        """A context manager: the interventions (`hookgpt.interventions`: patch, zero, add, ...) hold
+        for every forward pass and generation inside the `with` block, and are removed on exit.
+
+        >>> from hookgpt.interventions import Site, add
+        >>> with model.interventions(add(Site.resid("pre", 1), direction, scale=4.0)):
+        ...     steered = model.generate("Once upon a time", max_new_tokens=20)
+        """
+        from hookgpt.interventions import attached
+
+        return attached(self, *interventions)
 
     def generate(self, input: Any = "", max_new_tokens: int = 10, **kwargs: Any) -> Any:
         """Continue a prompt; see `hookgpt.generate.generate` for the options."""
