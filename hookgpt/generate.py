@@ -21,6 +21,7 @@ Three refinements make it practical:
   and the loop ends when every row is finished.
 """
 
+import contextlib
 from collections.abc import Iterator
 from typing import Optional, Union
 
@@ -76,6 +77,17 @@ def sample_next_token(
 # ---------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _generating(model: HookedGPT) -> Iterator[None]:
+    """Mark the forward passes of a generation loop (`model.generating`): an intervention at a
+    position the sequence has not reached yet waits for it instead of being an error."""
+    outer, model.generating = model.generating, True
+    try:
+        yield
+    finally:
+        model.generating = outer
+
+
 def generate_tokens(
     model: HookedGPT,
     tokens: Int[Tensor, "batch pos"],
@@ -103,7 +115,7 @@ def generate_tokens(
     step_input, step_mask = tokens, attention_mask  # what the next forward pass sees
 
     for step in range(max_new_tokens):
-        with torch.no_grad():
+        with torch.no_grad(), _generating(model):
             logits = model(step_input, attention_mask=step_mask, past_kv_cache=cache)[:, -1]  # [batch, d_vocab]
             next_token = sample_next_token(logits, do_sample, temperature, top_k, top_p, generator)
             if eos is not None:

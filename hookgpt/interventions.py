@@ -108,7 +108,7 @@ class Site:
         return cls(hook_name, (p, *rest), 0, label or f"{hook_name}{where}")
 
     @classmethod
-    def resid(cls, kind: Literal["pre", "mid", "post"], layer: int, pos: Optional[int] = None) -> "Site":
+    def resid(cls, kind: str, layer: int, pos: Optional[int] = None) -> "Site":
         """The residual stream before (`pre`), inside (`mid`) or after (`post`) block `layer`."""
         if kind not in ("pre", "mid", "post"):
             raise ValueError(f"kind must be 'pre', 'mid' or 'post', got {kind!r}")
@@ -128,7 +128,7 @@ class Site:
 
     @classmethod
     def head(
-        cls, layer: int, head: int, pos: Optional[int] = None, act: Literal["z", "q", "k", "v", "result"] = "z"
+        cls, layer: int, head: int, pos: Optional[int] = None, act: str = "z"
     ) -> "Site":
         """Head `head` of block `layer`: its `z` (output before W_O; the default), `q`, `k`, `v`
         or `result` (its output in the residual stream), at `pos` or every position."""
@@ -143,7 +143,7 @@ class Site:
 
     @classmethod
     def pattern(
-        cls, layer: int, head: int, query: Optional[int] = None, act: Literal["pattern", "attn_scores"] = "pattern"
+        cls, layer: int, head: int, query: Optional[int] = None, act: str = "pattern"
     ) -> "Site":
         """Head `head`'s attention pattern (or pre-softmax scores) in block `layer`: the row of
         query position `query`, or every row."""
@@ -156,7 +156,7 @@ class Site:
         return cls(f"blocks.{layer}.attn.hook_{act}", (head, q), 1, label, bounds)
 
     @classmethod
-    def neuron(cls, layer: int, neuron: int, pos: Optional[int] = None, act: Literal["post", "pre"] = "post") -> "Site":
+    def neuron(cls, layer: int, neuron: int, pos: Optional[int] = None, act: str = "post") -> "Site":
         """MLP neuron `neuron` of block `layer`, after (`post`, the default) or before the nonlinearity."""
         if act not in ("post", "pre"):
             raise ValueError(f"act must be 'post' or 'pre', got {act!r}")
@@ -213,12 +213,12 @@ class Site:
 
     def check(self, model: Any, seq_len: Optional[int] = None) -> "Site":
         """Raise a clear error if this site does not exist in `model` (or in inputs of `seq_len`)."""
-        if self.hook_name not in model.hook_dict:
-            model._resolve(self.hook_name)  # raises KeyError with the closest names
         for what, value, field in self.bounds:
             limit = getattr(model.cfg, field)
             if value >= limit:
                 raise ValueError(f"site {self.label}: {what}={value} is out of range; this model has {field}={limit}")
+        if self.hook_name not in model.hook_dict:
+            model._resolve(self.hook_name)  # raises KeyError with the closest names
         if seq_len is not None and self.pos is not None and self.pos >= seq_len:
             raise ValueError(f"site {self.label}: position {self.pos} is out of range for inputs of {seq_len} tokens")
         return self
@@ -338,7 +338,7 @@ class _Edit:
     of the activation (`[batch, ...]`)."""
 
     site: Site
-    kind: Literal["set", "zero", "add", "mul", "fn", "resample"]
+    kind: str  # set, zero, add, mul, fn, resample (mean: until prepare() computes it)
     value: Any = None
     batch_axis: bool = False  # `value` has a leading batch dimension
     seed: int = 0
@@ -466,9 +466,9 @@ def _edit_hook(model: Any, edits_by_rows: list[tuple[Optional[slice], _Edit]]) -
             target = activation if rows is None else activation[rows]
             length = target.shape[1 + s.pos_dim] if s.pos_dim is not None else 0
             if s.pos is not None and not 0 <= s.pos - shift < length:
-                if offset is None:
+                if not model.generating:
                     raise ValueError(f"site {s}: position {s.pos} is out of range for inputs of {length} tokens")
-                continue  # a KV-cached step (generation): that position is already cached, or not reached yet
+                continue  # a generation step: that position is already cached, or not reached yet
             edit.apply(target[(slice(None),) + s.where(shift)], shift, length)
         return activation
 
@@ -511,7 +511,7 @@ class _NotExact(Exception):
     """A hook already attached to the model is not causal: the fast path would differ."""
 
 
-def rows_per_forward(model: Any, seq_len: int, memory_mb: float, read_positions: Optional[int] = None) -> int:
+def rows_per_forward(model: Any, seq_len: int, memory_mb: Union[int, float], read_positions: Optional[int] = None) -> int:
     """Roughly how many sequences of `seq_len` fit in one forward within `memory_mb`: the widest
     activations of a layer (MLP hidden, attention pattern, residuals) and the logits (of
     `read_positions` positions, or all)."""
@@ -525,12 +525,12 @@ def rows_per_forward(model: Any, seq_len: int, memory_mb: float, read_positions:
 def evaluate(
     model: Any,
     tokens: Int[Tensor, "batch pos"],
-    sets: Sequence[Sequence[Intervention]],
+    sets: Sequence[Any],  # each a list of Interventions; checked here, for a clearer message
     metric: Metric,
     read_positions: Union[None, int, Sequence[int]] = -1,
     method: Literal["fast", "naive"] = "fast",
     batch_size: Optional[int] = None,
-    memory_mb: float = 1024,
+    memory_mb: Union[int, float] = 1024,
     disable: Optional[bool] = None,
     desc: str = "interventions",
 ) -> tuple[Float[Tensor, "set"], float]:
@@ -654,7 +654,7 @@ def _base_run(model, tokens, plans, read, user_points) -> _Base:
 
     def keep(key: str) -> Callable:
         def save(act: Tensor, hook: HookPoint) -> None:
-            store[key] = act.detach()
+            store[key] = act.detach().clone()  # a copy: a later hook may edit the tensor in place
 
         return save
 
@@ -713,6 +713,8 @@ def _per_set_user_hooks(model: Any, user_points: list[HookPoint], base: _Base, b
                 if start:
                     if not torch.allclose(act.narrow(dim, 0, start), base.post[hp.name].narrow(dim, 0, start), rtol=1e-5, atol=1e-6):
                         raise _NotExact(f"a hook on {hp.name} changes positions before {start} depending on later ones")
+                    if dim == 2 and _attends_to_the_future(act, hp.name):
+                        raise _NotExact(f"a hook on {hp.name} lets positions attend to later ones")
                     act = act.narrow(dim, start, act.shape[dim] - start)
                 outs.append(act)
             return torch.cat(outs)
@@ -734,6 +736,14 @@ def _per_set_user_hooks(model: Any, user_points: list[HookPoint], base: _Base, b
     finally:
         for handle, fn in saved:
             handle.fn = fn
+
+
+def _attends_to_the_future(act: Tensor, name: str) -> bool:
+    """Does an attention pattern (or score) `[batch, n_heads, query_pos, key_pos]` give weight to
+    keys after their query? Then earlier positions depend on later ones: not causal."""
+    future = torch.ones(act.shape[-2:], dtype=torch.bool, device=act.device).triu(1)
+    masked = act[..., future]
+    return bool((masked != 0).any()) if name.endswith("hook_pattern") else bool((masked != float("-inf")).any())
 
 
 def _fast(model, tokens, plans, metric, read, batch_size, memory_mb, disable, desc) -> tuple[Tensor, float]:

@@ -48,6 +48,7 @@ class HookedGPT(HookedRootModule):
         self.cfg = cfg
         self._tokenizer = tokenizer
         self.position_offset: Optional[int] = None  # in a forward with past_kv_cache: how many positions are cached
+        self.generating = False  # True during the forward passes of `generate`
 
         self.embed = Embed(cfg)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
