@@ -52,6 +52,35 @@ def token_id(model: Any, token: Union[int, str]) -> int:
     return int(token)
 
 
+def _index_list(values: Union[None, int, Sequence[int], Tensor], size: int, what: str, field: str) -> list[int]:
+    """Indices into range(size) (negative ones count from the end, as in Python); None means all.
+    Anything outside -size..size-1 is an error, never wrapped."""
+    if values is None:
+        return list(range(size))
+    if isinstance(values, Tensor):
+        values = values.flatten().tolist()
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = [values]
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{what} must be ints, got {v!r}")
+        if not -size <= v < size:
+            raise ValueError(f"{what}: {v} is out of range for a model with {field}={size}")
+        out.append(v % size)
+    return out
+
+
+def layer_list(model: Any, layers: Union[None, int, Sequence[int]]) -> list[int]:
+    """Layer indices of `model` (None: all); out of range is an error, never wrapped."""
+    return _index_list(layers, model.cfg.n_layers, "layers", "n_layers")
+
+
+def head_list(model: Any, heads: Union[None, int, Sequence[int]]) -> list[int]:
+    """Head indices of `model` (None: all); out of range is an error."""
+    return _index_list(heads, model.cfg.n_heads, "heads", "n_heads")
+
+
 def position_list(positions: Union[None, int, Sequence[int], Tensor], seq_len: int, what: str = "positions") -> list[int]:
     """Positions as non-negative ints (negative ones count from the end); None means all."""
     if positions is None:
@@ -71,14 +100,3 @@ def position_list(positions: Union[None, int, Sequence[int], Tensor], seq_len: i
 def progress(iterable: Optional[Iterable] = None, disable: Optional[bool] = None, **kwargs: Any) -> Any:
     """A tqdm progress bar; `disable=None` (the default everywhere) hides it when not in a terminal."""
     return tqdm(iterable, disable=disable, **kwargs)
-
-
-def rows_per_forward(model: Any, seq_len: int, memory_mb: float, read_positions: Optional[int] = None) -> int:
-    """Roughly how many sequences of `seq_len` fit in one batched forward within `memory_mb`:
-    counts the widest activations of a layer (MLP hidden, attention pattern, residuals) and the
-    logits (of `read_positions` positions, or all)."""
-    cfg = model.cfg
-    n_logit_positions = seq_len if read_positions is None else read_positions
-    floats = seq_len * (8 * cfg.d_model + 3 * cfg.d_mlp + 2 * cfg.n_heads * seq_len) + 2 * n_logit_positions * cfg.d_vocab
-    bytes_per_row = floats * torch.finfo(cfg.dtype).bits // 8
-    return max(1, int(memory_mb * 2**20 // bytes_per_row))

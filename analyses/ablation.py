@@ -13,14 +13,16 @@ replacing the unit's activation by
 Zero ablation is the crudest (0 may be far off the activations' usual range); mean and resample
 ablation keep the activation "typical" and remove only the information specific to the prompt.
 
-Many units run in one forward pass: the input batch is repeated once per unit (rows
-`i * batch ... (i + 1) * batch` belong to unit i) and each unit's hook edits only its own rows.
-`batch_size` bounds the rows per forward. The metric is called on each unit's logits
-`[batch, pos, d_vocab]`, exactly as it would see them from a plain `model(tokens)`.
+Each unit is a `hookgpt.interventions.Site`, each ablation one intervention set (`zero`, `mean`
+or `resample` of that site), and the sweep runs through the interventions engine
+(`hookgpt.interventions.evaluate`): many units per batched forward, each starting at its own layer,
+equal to one `run_with_hooks` per unit (also with hooks of your own attached). The metric is
+called on each unit's logits at `read_positions` (default: every position, `[batch, pos,
+d_vocab]`, exactly as from a plain `model(tokens)`); see `analyses.metrics`.
 """
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence, Union
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -28,21 +30,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses._common import TokensLike, as_tokens, position_list, progress, rows_per_forward, token_strings
+from analyses._common import TokensLike, as_tokens, layer_list, position_list, token_strings
+from analyses.metrics import Metric
 from analyses.plotting import bar, heatmap
+from hookgpt import interventions as iv
+from hookgpt.interventions import Site
 
-Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]]
 Method = Literal["zero", "mean", "resample"]
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One ablatable unit: a hook point and the index of the unit in its activation (after the
-    batch dimension), e.g. `("blocks.3.attn.hook_z", (slice(None), 5))` is head 3.5 at every position."""
-
-    hook_name: str
-    index: tuple
-    label: str
+Unit = Site  # an ablatable unit is a site: Site.head(L, h), Site.mlp_out(L), Site.neuron(L, n), ...
 
 
 @dataclass
@@ -88,108 +83,52 @@ class AblationResult:
         )
 
 
-# ------------------------------------------------------------------ the engine
+# ------------------------------------------------------------------ the sweep
 
 
 def ablate_units(
     model: Any,
     input: TokensLike,
     metric: Metric,
-    units: Sequence[Unit],
+    units: Sequence[Site],
     method: Method = "zero",
     reference: Optional[TokensLike] = None,
     seed: int = 0,
+    read_positions: Union[None, int, Sequence[int]] = None,
     batch_size: Optional[int] = None,
     memory_mb: float = 1024,
     disable: Optional[bool] = None,
+    engine: Literal["fast", "naive"] = "fast",
 ) -> tuple[Float[Tensor, "unit"], float]:
     """Ablate each unit separately; returns (metric change per unit, baseline metric).
 
     Args:
         model: a HookedGPT.
         input: text or token ids `[batch, pos]`.
-        metric: logits `[batch, pos, d_vocab]` -> scalar tensor.
-        units: what to ablate, one at a time.
+        metric: logits at `read_positions` (default: all, `[batch, pos, d_vocab]`) -> scalar tensor.
+        units: the sites to ablate, one at a time.
         method: "zero", "mean" or "resample" (see the module docstring).
         reference: the batch that mean/resample values come from (default: the input).
         seed: for resampling.
         batch_size: rows (units x prompts) per forward; default from `memory_mb`.
-        disable: hide the progress bar (default: hidden when not in a terminal).
+        disable: hide the progress bar (default: shown only in a terminal, after a few seconds).
+        engine: "fast" (batched) or "naive" (one forward per unit; the reference).
     """
     if method not in ("zero", "mean", "resample"):
         raise ValueError(f"method must be 'zero', 'mean' or 'resample', got {method!r}")
     tokens = as_tokens(model, input)
-    batch, seq_len = tokens.shape
-    replacement = _replacement_values(model, tokens, units, method, reference, seed)
-    rows = batch_size or rows_per_forward(model, seq_len, memory_mb)
-    units_per_forward = max(1, rows // batch)
-
-    effects = torch.zeros(len(units))
-    with torch.no_grad():
-        baseline = metric(model(tokens))
-        chunks = [range(start, min(start + units_per_forward, len(units))) for start in range(0, len(units), units_per_forward)]
-        for chunk in progress(chunks, disable=disable, desc=f"{method} ablation"):
-            fwd_hooks = _ablation_hooks([units[i] for i in chunk], replacement, batch)
-            with model.hooks(fwd_hooks=fwd_hooks):
-                logits = model(tokens.repeat(len(chunk), 1))
-            for j, i in enumerate(chunk):
-                effects[i] = (metric(logits[j * batch : (j + 1) * batch]) - baseline).item()
-    return effects, float(baseline)
-
-
-def _replacement_values(
-    model: Any, tokens: Tensor, units: Sequence[Unit], method: Method, reference: Optional[TokensLike], seed: int
-) -> dict[str, Optional[Tensor]]:
-    """Per hook name, what an ablated unit is set to: None (zero), `[pos, ...]` (mean, broadcast
-    over the batch) or `[batch, pos, ...]` (resample)."""
-    names = sorted({u.hook_name for u in units})
-    if method == "zero":
-        return {name: None for name in names}
     ref_tokens = tokens if reference is None else as_tokens(model, reference)
-    if ref_tokens.shape[1] != tokens.shape[1]:
+    if method != "zero" and ref_tokens.shape[1] != tokens.shape[1]:
         raise ValueError(
             f"{method} ablation takes values position by position, so the reference must have the input's "
             f"length {tokens.shape[1]}; it has {ref_tokens.shape[1]}"
         )
-    with torch.no_grad():
-        _, ref_cache = model.run_with_cache(ref_tokens, names_filter=names, return_type=None)
-    if method == "mean":
-        return {name: ref_cache[name].mean(dim=0) for name in names}
-    generator = torch.Generator().manual_seed(seed)
-    picks = torch.randint(ref_tokens.shape[0], (tokens.shape[0],), generator=generator).to(ref_tokens.device)
-    return {name: ref_cache[name][picks] for name in names}
-
-
-def _ablation_hooks(units: Sequence[Unit], replacement: dict[str, Optional[Tensor]], batch: int) -> list[tuple[str, Callable]]:
-    """One hook per hook point; unit j of the chunk edits rows j*batch..(j+1)*batch."""
-    by_name: dict[str, list[tuple[int, Unit]]] = {}
-    for j, unit in enumerate(units):
-        by_name.setdefault(unit.hook_name, []).append((j, unit))
-
-    def make_hook(name: str) -> Callable:
-        value = replacement[name]
-
-        def ablate(activation: Tensor, hook: Any) -> Tensor:
-            activation = activation.clone()  # never edit a tensor someone else may hold
-            for j, unit in by_name[name]:
-                rows = activation[j * batch : (j + 1) * batch]
-                where = (slice(None),) + unit.index
-                if value is None:
-                    rows[where] = 0.0
-                elif value.ndim == activation.ndim:  # resample: one value per prompt
-                    rows[where] = value[where]
-                else:  # mean: one value per position, shared by all prompts
-                    rows[where] = value[unit.index]
-            return activation
-
-        return ablate
-
-    return [(name, make_hook(name)) for name in by_name]
-
-
-def _layers(model: Any, layers: Optional[Sequence[int]]) -> list[int]:
-    n = model.cfg.n_layers
-    return list(range(n)) if layers is None else [l % n for l in layers]
+    make = {"zero": lambda s: iv.zero(s), "mean": lambda s: iv.mean(s, ref_tokens), "resample": lambda s: iv.resample(s, ref_tokens, seed)}
+    sets = [[make[method](unit)] for unit in units]
+    values, baseline = iv.evaluate(
+        model, tokens, sets, metric, read_positions, engine, batch_size, memory_mb, disable, desc=f"{method} ablation"
+    )
+    return values - baseline, baseline
 
 
 # ------------------------------------------------------------------ what to ablate
@@ -200,9 +139,9 @@ def ablate_heads(
 ) -> AblationResult:
     """Ablate each attention head (its `hook_z` at every position): effects `[layer, n_heads]`.
     `kwargs` go to `ablate_units` (reference, seed, batch_size, memory_mb, disable)."""
-    layers = _layers(model, layers)
+    layers = layer_list(model, layers)
     n_heads = model.cfg.n_heads
-    units = [Unit(f"blocks.{l}.attn.hook_z", (slice(None), h), f"L{l}H{h}") for l in layers for h in range(n_heads)]
+    units = [Site.head(l, h) for l in layers for h in range(n_heads)]
     effects, baseline = ablate_units(model, input, metric, units, method, **kwargs)
     return AblationResult(effects.view(len(layers), n_heads), baseline, "head", method, layers)
 
@@ -213,8 +152,8 @@ def ablate_mlps(
     """Ablate each MLP layer (`hook_mlp_out` at every position): effects `[layer]`."""
     if model.cfg.attn_only:
         raise ValueError("this model is attention-only: it has no MLP layers to ablate")
-    layers = _layers(model, layers)
-    units = [Unit(f"blocks.{l}.hook_mlp_out", (), f"mlp{l}") for l in layers]
+    layers = layer_list(model, layers)
+    units = [Site.mlp_out(l) for l in layers]
     effects, baseline = ablate_units(model, input, metric, units, method, **kwargs)
     return AblationResult(effects, baseline, "mlp", method, layers)
 
@@ -232,9 +171,9 @@ def ablate_neurons(
     (all `d_mlp` neurons unless `neurons` picks some)."""
     if model.cfg.attn_only:
         raise ValueError("this model is attention-only: it has no MLP neurons to ablate")
-    layers = _layers(model, layers)
+    layers = layer_list(model, layers)
     neurons = list(range(model.cfg.d_mlp)) if neurons is None else list(neurons)
-    units = [Unit(f"blocks.{l}.mlp.hook_post", (slice(None), n), f"L{l}N{n}") for l in layers for n in neurons]
+    units = [Site.neuron(l, n) for l in layers for n in neurons]
     effects, baseline = ablate_units(model, input, metric, units, method, **kwargs)
     return AblationResult(effects.view(len(layers), len(neurons)), baseline, "neuron", method, layers, [str(n) for n in neurons])
 
@@ -251,9 +190,9 @@ def ablate_positions(
     """Ablate the residual stream at one position before one layer (`hook_resid_pre`):
     effects `[layer, n_positions]`."""
     tokens = as_tokens(model, input)
-    layers = _layers(model, layers)
+    layers = layer_list(model, layers)
     positions = position_list(positions, tokens.shape[1])
-    units = [Unit(f"blocks.{l}.hook_resid_pre", (p,), f"L{l}P{p}") for l in layers for p in positions]
+    units = [Site.resid("pre", l, pos=p) for l in layers for p in positions]
     effects, baseline = ablate_units(model, tokens, metric, units, method, **kwargs)
     strings = token_strings(model, tokens[0])
     labels = [f"{p}: {strings[p]!r}" for p in positions]

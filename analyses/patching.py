@@ -8,28 +8,17 @@ L, position p; head h's output; ...) into the corrupted run and measuring the me
 much of the difference that activation carries.
 
 A sweep patches every (layer, position) or every head, one at a time: hundreds of forward passes.
-Three observations make it fast:
-
-1. **Batching.** Patches are independent, so many of them run as one forward pass: the batch
-   dimension holds (patch, prompt) rows, patch-major, and each patch's hook edits only its rows.
-2. **Nothing below the patched layer changes.** A patch at layer L needs no work in layers
-   0..L-1: its rows start from the corrupted run's `resid_pre` at layer L. In a batch of patches at
-   different layers, each patch joins the batch at its own layer (the batch grows as it climbs).
-3. **Nothing before the patched position changes.** Attention is causal, so a patch at position p
-   leaves positions < p exactly as in the corrupted run. Only positions >= p are fed in; their
-   attention reads the keys and values of positions < p from a frozen `KVCache` entry holding the
-   corrupted run's. So patches are grouped by position, one group per batch.
-
-And only the positions the metric reads are unembedded (`ln_final` + `unembed` on those rows), so a
-sweep never builds `[patches, pos, d_vocab]` logits. A patch that changes nothing (its clean value
-equals the corrupted one, as at every position before the first token where the prompts differ)
-runs no forward at all: its metric is the corrupted run's. The results equal the plain loop of
-`run_with_hooks` patches (`method="naive"`) up to floating-point rounding.
+Each patch is one intervention set (`hookgpt.interventions.patch` of a `Site`), and the sweep runs
+through the interventions engine (`hookgpt.interventions.evaluate`), which batches the patches,
+starts each at its layer, skips the positions before it, unembeds only the read positions, and
+skips patches whose clean value equals the corrupted one (as at every position before the first
+token where the prompts differ). Its results equal the plain loop of `run_with_hooks` patches
+(`method="naive"`), also with hooks of your own attached to the model.
 
 **The metric** is a function of the logits at the read positions, `[batch, n_read, d_vocab]` (by
 default `read_positions=-1`, the last position, so `[batch, 1, d_vocab]`), returning a scalar
-(averaged over the prompts of the batch, if you like). It is called once per patch on exactly
-the logits that patch produces. `logit_diff_metric` builds the usual normalised logit difference.
+(averaged over the prompts of the batch, if you like); see `analyses.metrics`.
+`logit_diff_metric` builds the usual normalised logit difference.
 
 Clean and corrupted inputs must be token ids (or texts) of the same shape, without padding.
 """
@@ -43,65 +32,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from analyses._common import TokensLike, as_tokens, position_list, progress, rows_per_forward, token_id, token_strings
+from analyses._common import TokensLike, as_tokens, head_list, layer_list, position_list, token_strings
+from analyses.metrics import Metric, TokenChoice, logit_diff, logit_diff_metric  # noqa: F401 (re-exported)
 from analyses.plotting import heatmap
-from hookgpt.kv_cache import KVCacheEntry
-
-Metric = Callable[[Float[Tensor, "batch read_pos d_vocab"]], Float[Tensor, ""]]
-TokenChoice = Union[int, str, Int[Tensor, "batch"]]
-
-# ------------------------------------------------------------------ metrics
-
-
-def _ids(tokens: TokenChoice, batch: int, device: torch.device, model: Any = None) -> Int[Tensor, "batch 1"]:
-    if isinstance(tokens, str):
-        if model is None:
-            raise ValueError("pass token ids (or a model to look strings up)")
-        tokens = token_id(model, tokens)
-    ids = torch.as_tensor(tokens, device=device).long().flatten()
-    if ids.shape[0] not in (1, batch):
-        raise ValueError(f"need one token or one per prompt ({batch}), got {ids.shape[0]}")
-    return ids.expand(batch)[:, None]
-
-
-def logit_diff(logits: Float[Tensor, "batch pos d_vocab"], answer: TokenChoice, wrong: TokenChoice) -> Float[Tensor, ""]:
-    """Mean over the batch of `logit[answer] - logit[wrong]` at the last position of `logits`."""
-    last = logits[:, -1]  # [batch, d_vocab]
-    answer_ids = _ids(answer, last.shape[0], last.device)
-    wrong_ids = _ids(wrong, last.shape[0], last.device)
-    return (last.gather(-1, answer_ids) - last.gather(-1, wrong_ids)).mean()
-
-
-def logit_diff_metric(
-    clean_logits: Float[Tensor, "batch pos d_vocab"],
-    corrupted_logits: Float[Tensor, "batch pos d_vocab"],
-    answer: TokenChoice,
-    wrong: TokenChoice,
-    model: Any = None,
-) -> Metric:
-    """A patching metric: the logit difference (answer - wrong, at the last position, averaged over
-    the batch) rescaled so the corrupted run gives 0 and the clean run gives 1.
-
-    `answer`/`wrong` are token ids, or single-token strings when `model` is given to look them up.
-
-    `clean_logits`/`corrupted_logits` are the two unpatched runs' logits (all positions, or just
-    the read positions: only the last one is used). The returned metric likewise reads the last
-    of the positions it is given, so keep the answer position last in `read_positions`.
-    """
-    if isinstance(answer, str) or isinstance(wrong, str):
-        if model is None:
-            raise ValueError(f"answer {answer!r} / wrong {wrong!r}: strings need model=... to be looked up; or pass token ids")
-        answer, wrong = (token_id(model, t) if isinstance(t, str) else t for t in (answer, wrong))
-    clean_diff = logit_diff(clean_logits, answer, wrong)
-    corrupted_diff = logit_diff(corrupted_logits, answer, wrong)
-    if torch.isclose(clean_diff, corrupted_diff):
-        raise ValueError(f"the clean and corrupted logit differences are equal ({float(clean_diff):.4g}): nothing to recover")
-
-    def normalised_logit_diff(logits: Float[Tensor, "batch read_pos d_vocab"]) -> Float[Tensor, ""]:
-        return (logit_diff(logits, answer, wrong) - corrupted_diff) / (clean_diff - corrupted_diff)
-
-    return normalised_logit_diff
-
+from hookgpt import interventions as iv
+from hookgpt.interventions import Site
 
 # ------------------------------------------------------------------ what a patch is
 
@@ -134,14 +69,18 @@ class Patch:
         return 0 if self.position is None else self.position
 
 
-def _index(layout: str, patch: Patch, offset: int = 0) -> tuple:
-    """Where `patch` lies in an activation (after the batch dim) whose positions start at `offset`."""
-    pos = slice(None) if patch.position is None else patch.position - offset
-    if layout == "pos":
-        return (pos,)
-    if layout == "pos head":
-        return (pos, patch.head)
-    return (patch.head, pos)
+def site_of(activation: str, patch: Patch) -> Site:
+    """The interventions-layer site of `patch` on `activation`."""
+    layer, pos, head = patch.layer, patch.position, patch.head
+    if activation.startswith("resid_"):
+        return Site.resid(activation[len("resid_"):], layer, pos)
+    if activation == "attn_out":
+        return Site.attn_out(layer, pos)
+    if activation == "mlp_out":
+        return Site.mlp_out(layer, pos)
+    if activation == "pattern":
+        return Site.pattern(layer, head, query=pos)
+    return Site.head(layer, head, pos, act=activation)
 
 
 def _check(model: Any, activation: str, patches: Sequence[Patch], seq_len: int) -> None:
@@ -151,25 +90,12 @@ def _check(model: Any, activation: str, patches: Sequence[Patch], seq_len: int) 
         raise ValueError(f"an attention-only model has no {activation}")
     per_head = ACTIVATIONS[activation][1] != "pos"
     for patch in patches:
-        if not 0 <= patch.layer < model.cfg.n_layers:
-            raise ValueError(f"{patch}: layer out of range [0, {model.cfg.n_layers})")
-        if patch.position is not None and not 0 <= patch.position < seq_len:
-            raise ValueError(f"{patch}: position out of range [0, {seq_len})")
-        if per_head != (patch.head is not None) or (per_head and not 0 <= patch.head < model.cfg.n_heads):
+        if per_head != (patch.head is not None):
             raise ValueError(f"{patch}: {activation} patches need {'a head in [0, n_heads)' if per_head else 'head=None'}")
+        site_of(activation, patch).check(model, seq_len)
 
 
 # ------------------------------------------------------------------ the engine
-
-
-@dataclass
-class _Runs:
-    """What the patched runs need from the two unpatched runs."""
-
-    clean_acts: dict[str, Tensor]  # hook name -> clean activation
-    corrupted_cache: Any  # resid_pre, k, v of every layer and the patched activation (fast method)
-    corrupted_read_logits: Float[Tensor, "batch read_pos d_vocab"]
-    clean_read_logits: Float[Tensor, "batch read_pos d_vocab"]
 
 
 def patch_activations(
@@ -195,10 +121,10 @@ def patch_activations(
         activation: one of `ACTIVATIONS` (resid_pre, resid_mid, attn_out, mlp_out, z, q, k, v, pattern).
         patches: what to patch, one forward's worth each.
         read_positions: the positions whose logits the metric reads (default: the last).
-        method: "fast" (batched, reusing the corrupted run; see the module docstring) or "naive"
-            (one `run_with_hooks` per patch; the reference).
+        method: "fast" (batched, see `hookgpt.interventions`) or "naive" (one `run_with_hooks`
+            per patch; the reference).
         batch_size: rows (patches x prompts) per forward in the fast method; default from `memory_mb`.
-        disable: hide the progress bar (default: hidden when not in a terminal).
+        disable: hide the progress bar (default: shown only in a terminal, after a few seconds).
     """
     if method not in ("fast", "naive"):
         raise ValueError(f"method must be 'fast' or 'naive', got {method!r}")
@@ -208,173 +134,18 @@ def patch_activations(
             f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} inputs must have the same "
             "shape (same prompts count, same token length)"
         )
-    batch, seq_len = corrupted_tokens.shape
+    seq_len = corrupted_tokens.shape[1]
     _check(model, activation, patches, seq_len)
     read = position_list(read_positions, seq_len, "read_positions")
-    hook_template, layout = ACTIVATIONS[activation]
-
+    sites = [site_of(activation, patch) for patch in patches]
     with torch.no_grad():
-        runs = _unpatched_runs(model, clean_tokens, corrupted_tokens, hook_template, patches, read, method)
-        clean_metric = float(metric(runs.clean_read_logits))
-        corrupted_metric = float(metric(runs.corrupted_read_logits))
-        if method == "naive":
-            values = _naive(model, corrupted_tokens, metric, hook_template, layout, patches, read, runs, disable)
-        else:
-            # A patch whose clean value equals the corrupted one (e.g. before the first token where
-            # the prompts differ) leaves the corrupted run as it is: no forward needed.
-            values = torch.full((len(patches),), corrupted_metric)
-            to_run = [i for i, patch in enumerate(patches) if _changes_something(runs, hook_template, layout, patch)]
-            patches_per_forward = max(1, (batch_size or rows_per_forward(model, seq_len, memory_mb, len(read))) // batch)
-            to_run_patches = [patches[i] for i in to_run]
-            values[to_run] = _fast(
-                model, metric, hook_template, layout, to_run_patches, read, runs, batch, patches_per_forward, disable
-            )
-    return values, clean_metric, corrupted_metric
-
-
-def _changes_something(runs: _Runs, hook_template: str, layout: str, patch: Patch) -> bool:
-    name = hook_template.format(layer=patch.layer)
-    where = (slice(None),) + _index(layout, patch)
-    return not torch.equal(runs.clean_acts[name][where], runs.corrupted_cache[name][where])
-
-
-def _unpatched_runs(
-    model: Any, clean: Tensor, corrupted: Tensor, hook_template: str, patches: Sequence[Patch], read: list[int], method: str
-) -> _Runs:
-    names = sorted({hook_template.format(layer=p.layer) for p in patches})
-    clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names)
-    if method == "fast":
-        wanted = ("hook_resid_pre", "attn.hook_k", "attn.hook_v")
-        corrupted_logits, corrupted_cache = model.run_with_cache(
-            corrupted, names_filter=lambda name: name.endswith(wanted) or name in names
+        clean_logits, clean_cache = model.run_with_cache(clean_tokens, names_filter=sorted({s.hook_name for s in sites}))
+        clean_metric = float(metric(clean_logits[:, read]))
+        sets = [[iv.patch(s, clean_cache)] for s in sites]
+        values, corrupted_metric = iv.evaluate(
+            model, corrupted_tokens, sets, metric, read, method, batch_size, memory_mb, disable, desc=f"patching {activation}"
         )
-    else:
-        corrupted_logits, corrupted_cache = model(corrupted), None
-    return _Runs({name: clean_cache[name] for name in names}, corrupted_cache, corrupted_logits[:, read], clean_logits[:, read])
-
-
-def _naive(
-    model: Any,
-    corrupted: Tensor,
-    metric: Metric,
-    hook_template: str,
-    layout: str,
-    patches: Sequence[Patch],
-    read: list[int],
-    runs: _Runs,
-    disable: Optional[bool],
-) -> Tensor:
-    """The reference: one full forward of the corrupted input per patch."""
-    values = torch.zeros(len(patches))
-    for i, patch in enumerate(progress(patches, disable=disable, desc="patching (naive)")):
-        name = hook_template.format(layer=patch.layer)
-        where = (slice(None),) + _index(layout, patch)
-
-        def patch_hook(activation: Tensor, hook: Any) -> Tensor:
-            activation = activation.clone()
-            activation[where] = runs.clean_acts[name][where]
-            return activation
-
-        logits = model.run_with_hooks(corrupted, fwd_hooks=[(name, patch_hook)])
-        values[i] = float(metric(logits[:, read]))
-    return values
-
-
-def _fast(
-    model: Any,
-    metric: Metric,
-    hook_template: str,
-    layout: str,
-    patches: Sequence[Patch],
-    read: list[int],
-    runs: _Runs,
-    batch: int,
-    patches_per_forward: int,
-    disable: Optional[bool],
-) -> Tensor:
-    """Batched patching: group patches by their first position, sort each group by layer, and run
-    each chunk of a group as one forward that starts at the chunk's lowest layer."""
-    order = sorted(range(len(patches)), key=lambda i: (patches[i].first_position, patches[i].layer))
-    chunks: list[list[int]] = []
-    for i in order:
-        same_group = chunks and patches[chunks[-1][0]].first_position == patches[i].first_position
-        if same_group and len(chunks[-1]) < patches_per_forward:
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
-
-    values = torch.zeros(len(patches))
-    for chunk in progress(chunks, disable=disable, desc="patching"):
-        chunk_patches = [patches[i] for i in chunk]
-        read_logits = _run_chunk(model, hook_template, layout, chunk_patches, read, runs, batch)
-        for j, i in enumerate(chunk):
-            values[i] = float(metric(read_logits[j * batch : (j + 1) * batch]))
-    return values
-
-
-def _run_chunk(
-    model: Any,
-    hook_template: str,
-    layout: str,
-    chunk: list[Patch],
-    read: list[int],
-    runs: _Runs,
-    batch: int,
-) -> Float[Tensor, "rows read_pos d_vocab"]:
-    """One batched forward for patches that share their first position `start` and are sorted by
-    layer. Rows are patch-major: patch j owns rows j*batch..(j+1)*batch. Returns their logits at
-    the read positions."""
-    start = chunk[0].first_position
-    corrupted = runs.corrupted_cache
-    n_layers = model.cfg.n_layers
-
-    # The hooks: at layer L, the patches that join there write their clean values into their rows.
-    joins: dict[int, list[int]] = {}  # layer -> indices (in chunk) of the patches joining there
-    for j, patch in enumerate(chunk):
-        joins.setdefault(patch.layer, []).append(j)
-
-    def make_hook(layer: int) -> Callable:
-        name = hook_template.format(layer=layer)
-
-        def patch_hook(activation: Tensor, hook: Any) -> Tensor:
-            activation = activation.clone()
-            for j in joins[layer]:
-                target = (slice(j * batch, (j + 1) * batch),) + _index(layout, chunk[j], offset=start)
-                activation[target] = runs.clean_acts[name][(slice(None),) + _index(layout, chunk[j])]
-            return activation
-
-        return patch_hook
-
-    fwd_hooks = [(hook_template.format(layer=layer), make_hook(layer)) for layer in joins]
-    with model.hooks(fwd_hooks=fwd_hooks):
-        resid = None  # [rows alive, seq_len - start, d_model]
-        n_alive = 0
-        for layer in range(chunk[0].layer, n_layers):
-            if layer in joins:  # these patches start here, from the corrupted residual stream
-                n_new = len(joins[layer])
-                joining = corrupted["resid_pre", layer][:, start:].repeat(n_new, 1, 1)
-                resid = joining if resid is None else torch.cat([resid, joining])
-                n_alive += n_new
-            past = None
-            if start > 0:  # positions before `start` are the corrupted run's: reuse their keys/values
-                past = KVCacheEntry(
-                    corrupted["k", layer][:, :start].repeat(n_alive, 1, 1, 1),
-                    corrupted["v", layer][:, :start].repeat(n_alive, 1, 1, 1),
-                    frozen=True,
-                )
-            resid = model.blocks[layer](resid, None, past)
-
-        # Unembed only the read positions; those before `start` are the corrupted run's logits.
-        computed = [r - start for r in read if r >= start]
-        logits = model.unembed(model.ln_final(resid[:, computed])) if computed else None
-    columns, k = [], 0
-    for r in read:
-        if r >= start:
-            columns.append(logits[:, k])
-            k += 1
-        else:
-            columns.append(runs.corrupted_read_logits[:, read.index(r)].repeat(n_alive, 1))
-    return torch.stack(columns, dim=1)
+    return values, clean_metric, corrupted_metric
 
 
 # ------------------------------------------------------------------ sweeps and their results
@@ -447,7 +218,7 @@ def patch_residual(
         raise ValueError(f"patch_residual patches resid_pre, resid_mid, attn_out or mlp_out, not {activation!r}; use patch_heads")
     clean_tokens, corrupted_tokens = as_tokens(model, clean), as_tokens(model, corrupted)
     n_layers, seq_len = model.cfg.n_layers, corrupted_tokens.shape[1]
-    layers = list(range(n_layers)) if layers is None else [l % n_layers for l in layers]
+    layers = layer_list(model, layers)
     if by_position:
         positions = position_list(positions, seq_len)
         patches = [Patch(l, p) for l in layers for p in positions]
@@ -483,8 +254,8 @@ def patch_heads(
         raise ValueError(f"patch_heads patches z, q, k, v or pattern, not {activation!r}; use patch_residual")
     clean_tokens, corrupted_tokens = as_tokens(model, clean), as_tokens(model, corrupted)
     n_layers, seq_len = model.cfg.n_layers, corrupted_tokens.shape[1]
-    layers = list(range(n_layers)) if layers is None else [l % n_layers for l in layers]
-    heads = list(range(model.cfg.n_heads)) if heads is None else list(heads)
+    layers = layer_list(model, layers)
+    heads = head_list(model, heads)
     if by_position:
         positions = position_list(positions, seq_len)
         patches = [Patch(l, p, h) for l in layers for p in positions for h in heads]

@@ -359,9 +359,7 @@ class _Edit:
         else:
             value = self._windowed(self.value, x, offset, length)
             if self.kind == "resample":
-                generator = torch.Generator().manual_seed(self.seed)
-                picks = torch.randint(value.shape[0], (x.shape[0],), generator=generator).to(value.device)
-                value = value[picks]
+                value = value[_picks(value.shape[0], x.shape[0], self.seed, value.device)]
             try:
                 if self.kind == "add":
                     x.add_(value.to(x.dtype))
@@ -382,6 +380,12 @@ class _Edit:
         if offset == 0 and value.shape[axis] == length:
             return value
         return value.narrow(axis, offset, length)
+
+
+def _picks(n_reference: int, batch: int, seed: int, device: torch.device) -> Tensor:
+    """Which reference prompt each of `batch` prompts takes its resampled value from (seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(n_reference, (batch,), generator=generator).to(device)
 
 
 def prepare(model: Any, interventions: Sequence[Intervention], seq_len: Optional[int] = None) -> list[_Edit]:
@@ -600,7 +604,7 @@ def _progress(total: int, disable: Optional[bool], desc: str) -> tqdm:
 
 def _naive(model, tokens, plans, metric, read, disable, desc) -> tuple[Tensor, float]:
     """The reference: one full forward per set, its interventions as ordinary hooks."""
-    base = float(metric(model(tokens, logit_positions=read)))
+    base = float(metric(model(tokens)[:, read]))  # all positions: bitwise the plain forward's logits
     values = torch.full((len(plans),), base)
     with _progress(len(plans), disable, f"{desc} (naive)") as bar:
         for i, plan in enumerate(plans):
@@ -627,10 +631,12 @@ class _Base:
         """True when every edit of `plan` sets its site to the value it has anyway (patching a
         position where the clean and corrupted runs agree): its metric is the base run's."""
         for edit in plan.edits:
-            if edit.kind != "set":
+            if edit.kind not in ("set", "resample"):
                 return False
             now = self.at_sites[edit.site.hook_name][(slice(None),) + edit.site.index]
             value = edit.value if edit.batch_axis or edit.value.ndim < now.ndim else edit.value[None]
+            if edit.kind == "resample":
+                value = value[_picks(value.shape[0], now.shape[0], edit.seed, value.device)]
             if value.shape[-now.ndim + 1 :] != now.shape[1:] or not torch.equal(value.to(now.dtype).expand_as(now), now):
                 return False
         return True
@@ -672,9 +678,9 @@ def _base_run(model, tokens, plans, read, user_points) -> _Base:
         for hp in user_points:
             handles.append(hp.add_hook(keep(f"pre:{hp.name}"), prepend=True, observe_only=True))
             handles.append(hp.add_hook(keep(f"post:{hp.name}"), observe_only=True))
-        for name in {e.site.hook_name for p in plans for e in p.edits if e.kind == "set"}:
+        for name in {e.site.hook_name for p in plans for e in p.edits if e.kind in ("set", "resample")}:
             handles.append(model.hook_dict[name].add_hook(keep(f"site:{name}"), observe_only=True))
-        read_logits = model(tokens, logit_positions=read)
+        read_logits = model(tokens)[:, read]  # all positions: bitwise the plain forward's logits
     finally:
         for handle in handles:
             handle.remove()

@@ -129,3 +129,22 @@ def test_tables_and_figures(model, tokens):
     assert positions.to_df().label[0].startswith("0: ")
     for result in (heads, mlps, positions):
         assert isinstance(result.figure(), go.Figure)
+
+
+def test_out_of_range_layers_are_errors_not_wrapped(model, tokens):
+    # a 2-layer model: layer 7 used to be taken modulo 2 and ablate layer 1
+    with pytest.raises(ValueError, match="layers: 7 is out of range for a model with n_layers=2"):
+        ablate_heads(model, tokens, metric, layers=[7])
+    assert torch.equal(ablate_heads(model, tokens, metric, layers=[-1]).effects, ablate_heads(model, tokens, metric, layers=[1]).effects)
+
+
+def test_ablation_with_a_steering_hook_attached_equals_the_naive_engine(model, tokens):
+    vec = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    handle = model.blocks[1].hook_resid_pre.add_hook(lambda x, hook: x + vec)
+    try:
+        fast = ablate_heads(model, tokens, metric, "mean")
+        naive = ablate_heads(model, tokens, metric, "mean", engine="naive")
+    finally:
+        handle.remove()
+    torch.testing.assert_close(fast.effects, naive.effects, atol=1e-5, rtol=0)
+    assert fast.effects.abs().max() > 1e-3

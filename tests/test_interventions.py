@@ -93,7 +93,7 @@ def test_zero_ablating_a_head_equals_editing_hook_z_by_hand(model, prompts):
 def test_patching_every_clean_site_recovers_the_clean_metric(model, prompts):
     clean, corrupted = prompts
     _, cache = model.run_with_cache(clean)
-    clean_metric = float(last_logit(model(clean)))
+    clean_metric = float(last_logit(model(clean).detach()))
     # every position of resid_pre 0 together: the whole clean run comes back
     whole = [iv.patch(Site.resid("pre", 0, pos=p), cache) for p in range(clean.shape[1])]
     # or the last residual stream alone
