@@ -1,6 +1,6 @@
 """Analyses of a HookedGPT: each a small function of `(model, ...)`.
 
-    from analyses import logit_lens, attribution, heads, ablation, patching, collect
+    from analyses import logit_lens, attribution, heads, ablation, patching, steering, collect
 
 - `logit_lens`: what each layer's residual stream would predict (`logit_lens(model, text)`).
 - `attribution`: direct logit attribution of embeddings, heads, MLPs and neurons.
@@ -8,6 +8,11 @@
   your own template), `top_heads`.
 - `ablation`: zero / mean / resample ablation of heads, MLPs, neurons, residual positions.
 - `patching`: activation patching sweeps, batched (`method="fast"`) or one run per patch.
+- `steering`: a direction from contrastive prompts, added at a site: metric, probabilities, text.
+- `metrics`: the metric contract they share, and `logit_diff` / `logit_diff_metric`.
+
+Ablation, patching and steering build interventions (`hookgpt.interventions`) and run them
+through its batched engine.
 - `collect`: activations over a dataset to safetensors shards, and back.
 - `plotting`: the plotly helpers they share.
 
@@ -20,7 +25,7 @@ Submodules are imported on first use, so `import analyses.render` does not load 
 import importlib
 from typing import Any
 
-__all__ = ["ablation", "attribution", "collect", "heads", "logit_lens", "patching", "plotting"]
+__all__ = ["ablation", "attribution", "collect", "heads", "logit_lens", "metrics", "patching", "plotting", "steering"]
 
 
 def __getattr__(name: str) -> Any:

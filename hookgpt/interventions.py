@@ -287,13 +287,13 @@ def resample(s: Union[Site, str], reference: Tensor, seed: int = 0) -> Intervent
     return Intervention(_as_site(s), "resample", _reference(reference), seed=int(seed))
 
 
-def add(s: Union[Site, str], vector: Tensor, scale: float = 1.0) -> Intervention:
+def add(s: Union[Site, str], vector: Tensor, scale: Union[int, float] = 1.0) -> Intervention:
     """Add `scale * vector` to the site (steering); `vector` broadcasts over the site's part,
     e.g. `[d_model]` for a residual-stream site."""
     return Intervention(_as_site(s), "add", _tensor(vector, "vector"), factor=_number(scale, "scale"))
 
 
-def scale(s: Union[Site, str], factor: float) -> Intervention:
+def scale(s: Union[Site, str], factor: Union[int, float]) -> Intervention:
     """Multiply the site by `factor`."""
     return Intervention(_as_site(s), "scale", factor=_number(factor, "factor"))
 
