@@ -11,6 +11,10 @@ nothing and are skipped, as in a typical IOI-style sweep).
 
     python bench/bench_patching.py [--repeats 3] [--threads N]
 
+Both run again with a steering hook attached to the model (a vector added at resid_pre of layer
+1, as `model.interventions(add(...))` or an SAE splice would do): the engine keeps its fast path,
+exactly. Last, a head sweep with mean ablation (144 heads) as batched runs vs one forward per head.
+
 TransformerLens 2.x `patching.get_act_patch_resid_pre` joins the comparison when
 `transformer_lens` is installed (it loads the same weights via HookedTransformer); otherwise skipped.
 """
@@ -22,6 +26,7 @@ import time
 
 import torch
 
+from analyses.ablation import ablate_heads
 from analyses.patching import logit_diff, patch_residual
 from hookgpt import GPTConfig, HookedGPT
 
@@ -47,9 +52,48 @@ def main() -> None:
         corrupted = clean.clone()
         corrupted[0, corrupt_at] = (clean[0, corrupt_at] + 1) % cfg.d_vocab
         run_scenario(model, clean, corrupted, corrupt_at, args.repeats)
+    vector = torch.randn(cfg.d_model, generator=torch.Generator().manual_seed(1))
+    handle = model.blocks[1].hook_resid_pre.add_hook(lambda x, hook: x + vector)
+    try:
+        print("with a steering hook attached (resid_pre 1):")
+        for corrupt_at in (0, args.seq_len // 2):
+            corrupted = clean.clone()
+            corrupted[0, corrupt_at] = (clean[0, corrupt_at] + 1) % cfg.d_vocab
+            run_scenario(model, clean, corrupted, corrupt_at, args.repeats, with_tl=False)
+    finally:
+        handle.remove()
+    head_sweep(model, clean, args.repeats)
 
 
-def run_scenario(model, clean, corrupted, corrupt_at, repeats):
+def head_sweep(model, tokens, repeats):
+    """Mean-ablate each of the 144 heads: the batched engine vs one forward per head."""
+    reference = torch.randint(0, model.cfg.d_vocab, (8, tokens.shape[1]), generator=torch.Generator().manual_seed(2))
+
+    def metric(logits):
+        return logits[:, -1, 123].mean()
+
+    runners = {
+        "batched": lambda: ablate_heads(model, tokens, metric, "mean", reference=reference, read_positions=-1, disable=True).effects,
+        "per head": lambda: ablate_heads(model, tokens, metric, "mean", reference=reference, read_positions=-1, engine="naive", disable=True).effects,
+    }
+    runners["batched"]()
+    times = {name: [] for name in runners}
+    results = {}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            results[name] = run()
+            times[name].append(time.perf_counter() - start)
+    per_head = statistics.median(times["per head"])
+    print("mean ablation of every head (144), last-position metric:")
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        diff = (results[name] - results["per head"]).abs().max().item()
+        print(f"  {name:17s} median {median:7.3f} s   ({per_head / median:5.1f}x vs per head)   max |diff| {diff:.2e}")
+    assert (results["batched"] - results["per head"]).abs().max() <= 1e-4, "batched and per-head ablation disagree"
+
+
+def run_scenario(model, clean, corrupted, corrupt_at, repeats, with_tl=True):
     answer, wrong = 123, 456
     forwards = []
 
@@ -61,7 +105,7 @@ def run_scenario(model, clean, corrupted, corrupt_at, repeats):
         "fast": lambda: patch_residual(model, clean, corrupted, metric, "resid_pre", method="fast", disable=True).values,
         "naive": lambda: patch_residual(model, clean, corrupted, metric, "resid_pre", method="naive", disable=True).values,
     }
-    tl_runner = _transformer_lens_runner(model, clean, corrupted, answer, wrong)
+    tl_runner = _transformer_lens_runner(model, clean, corrupted, answer, wrong) if with_tl else None
     if tl_runner is not None:
         runners["transformer_lens"] = tl_runner
 
