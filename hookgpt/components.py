@@ -18,11 +18,11 @@ outputs). Each choice is one test, `only_observed(...)` or `Attention.pattern_ob
 """
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
-from einops import einsum, rearrange
+from einops import einsum, rearrange, repeat
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
@@ -53,14 +53,15 @@ class LayerNorm(nn.Module):
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, length], after w and b (as TransformerLens)
 
-    def forward(self, residual: Float[Tensor, "batch pos length"]) -> Float[Tensor, "batch pos length"]:
+    def forward(self, residual: Float[Tensor, "batch pos *heads length"]) -> Float[Tensor, "batch pos *heads length"]:
+        """`[batch, pos, length]`, or per-head inputs `[batch, pos, n_heads, length]` (each normalised alone)."""
         if only_observed(self.hook_scale, self.hook_normalized):
             return self.fused(residual)
         residual = residual - residual.mean(dim=-1, keepdim=True)
         scale = self.hook_scale((residual.pow(2).mean(dim=-1, keepdim=True) + self.cfg.layer_norm_eps).sqrt())
         return self.hook_normalized(residual / scale * self.w + self.b)
 
-    def fused(self, residual: Float[Tensor, "batch pos length"]) -> Float[Tensor, "batch pos length"]:
+    def fused(self, residual: Float[Tensor, "batch pos *heads length"]) -> Float[Tensor, "batch pos *heads length"]:
         """The same maths in PyTorch's kernel, for when no hook can edit the scale; the scale is
         computed on the side only if someone observes it."""
         eps = self.cfg.layer_norm_eps
@@ -121,14 +122,20 @@ class Attention(nn.Module):
 
     def forward(
         self,
-        normalized_resid_pre: Float[Tensor, "batch pos d_model"],
+        query_input: Union[Float[Tensor, "batch pos d_model"], Float[Tensor, "batch pos n_heads d_model"]],
         mask: AttentionMask = None,
         kv_cache_entry: Optional[KVCacheEntry] = None,
+        key_input: Optional[Float[Tensor, "batch pos n_heads d_model"]] = None,
+        value_input: Optional[Float[Tensor, "batch pos n_heads d_model"]] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
-        x = normalized_resid_pre
-        q = self.hook_q(project_to_heads(x, self.W_Q) + self.b_Q)
-        k = self.hook_k(project_to_heads(x, self.W_K) + self.b_K)
-        v = self.hook_v(project_to_heads(x, self.W_V) + self.b_V)
+        """`query_input` is the normalised residual stream `[batch, pos, d_model]` that every head
+        reads, or (with `key_input` and `value_input`) each head's own normalised query input
+        `[batch, pos, n_heads, d_model]` (see `TransformerBlock`'s per-head input hooks)."""
+        if key_input is None:
+            key_input = value_input = query_input
+        q = self.hook_q(project_to_heads(query_input, self.W_Q) + self.b_Q)
+        k = self.hook_k(project_to_heads(key_input, self.W_K) + self.b_K)
+        v = self.hook_v(project_to_heads(value_input, self.W_V) + self.b_V)
         if kv_cache_entry is not None:
             k, v = kv_cache_entry.append(k, v)  # keys/values of all positions, past and new
 
@@ -196,11 +203,15 @@ def head_results(
 
 
 def project_to_heads(
-    x: Float[Tensor, "batch pos d_model"], W: Float[Tensor, "n_heads d_model d_head"]
+    x: Union[Float[Tensor, "batch pos d_model"], Float[Tensor, "batch pos n_heads d_model"]],
+    W: Float[Tensor, "n_heads d_model d_head"],
 ) -> Float[Tensor, "batch pos n_heads d_head"]:
     """`einsum(x, W, "batch pos d_model, n_heads d_model d_head -> batch pos n_heads d_head")`, as one
     matmul per head. (torch.einsum would first copy W into a `[d_model, n_heads * d_head]` matrix on
-    every call, which costs more than the product itself when decoding one token at a time.)"""
+    every call, which costs more than the product itself when decoding one token at a time.)
+    With per-head inputs `x` `[batch, pos, n_heads, d_model]`, head h reads its own `x[:, :, h]`."""
+    if x.ndim == 4:
+        return einsum(x, W, "batch pos n_heads d_model, n_heads d_model d_head -> batch pos n_heads d_head")
     per_head = x.reshape(1, -1, x.shape[-1]) @ W  # [n_heads, batch * pos, d_head]
     return rearrange(per_head, "n_heads (batch pos) d_head -> batch pos n_heads d_head", batch=x.shape[0])
 
@@ -243,6 +254,14 @@ class TransformerBlock(nn.Module):
     """resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).
 
     An attention-only block has no ln2/MLP: resid_post = resid_pre + attn_out.
+
+    Inputs have hooks of their own: `hook_attn_in` and `hook_mlp_in` (`[batch, pos, d_model]`),
+    and per head `hook_q_input`, `hook_k_input`, `hook_v_input` (`[batch, pos, n_heads, d_model]`:
+    the residual stream that head's query, key or value reads, before ln1). The per-head inputs are
+    built only when a hook is attached to one of them; the block then applies ln1 to each head's
+    input separately (the same maths: every copy is the same vector until a hook edits one), so
+    editing one head's `hook_k_input` changes only that head's keys. This is what edge-level circuit
+    analysis needs (`analyses.circuits`).
     """
 
     def __init__(self, cfg: GPTConfig, layer: int):
@@ -252,13 +271,22 @@ class TransformerBlock(nn.Module):
         self.ln1 = LayerNorm(cfg)
         self.attn = Attention(cfg)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_in = HookPoint()  # [batch, pos, d_model]
+        self.hook_q_input = HookPoint()  # [batch, pos, n_heads, d_model], built only when observed
+        self.hook_k_input = HookPoint()  # [batch, pos, n_heads, d_model]
+        self.hook_v_input = HookPoint()  # [batch, pos, n_heads, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         if not cfg.attn_only:
             self.ln2 = LayerNorm(cfg)
             self.mlp = MLP(cfg)
             self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+            self.hook_mlp_in = HookPoint()  # [batch, pos, d_model]
             self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    @property
+    def per_head_inputs_observed(self) -> bool:
+        return self.hook_q_input.has_hooks or self.hook_k_input.has_hooks or self.hook_v_input.has_hooks
 
     def forward(
         self,
@@ -267,11 +295,18 @@ class TransformerBlock(nn.Module):
         kv_cache_entry: Optional[KVCacheEntry] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), mask, kv_cache_entry))
+        attn_in = self.hook_attn_in(resid_pre)
+        if self.per_head_inputs_observed:
+            per_head = repeat(attn_in, "batch pos d_model -> batch pos n_heads d_model", n_heads=self.cfg.n_heads)
+            q_in, k_in, v_in = (self.ln1(hook(per_head.clone())) for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input))
+            attn_out = self.attn(q_in, mask, kv_cache_entry, key_input=k_in, value_input=v_in)
+        else:
+            attn_out = self.attn(self.ln1(attn_in), mask, kv_cache_entry)
+        attn_out = self.hook_attn_out(attn_out)
         if self.cfg.attn_only:
             return self.hook_resid_post(resid_pre + attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid_mid))))
         return self.hook_resid_post(resid_mid + mlp_out)
 
 

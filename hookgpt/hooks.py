@@ -170,6 +170,10 @@ class HookPoint(nn.Module):
                     )
                 x = self._checked(out, x, handle.fn)
         if self.bwd_handles and x.requires_grad:
+            # A node of its own in the autograd graph: the gradient of *this* use of the value.
+            # (Identity hook points pass the same tensor on: `hook_mlp_in` returns resid_mid, which
+            # also flows around the MLP; its gradient must not include that skip path.)
+            x = x.view_as(x)
             for handle in list(self.bwd_handles):
                 x.register_hook(self._grad_hook(handle))
         return x
