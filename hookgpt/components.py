@@ -151,7 +151,12 @@ class Attention(nn.Module):
         if mask is None:
             mask = causal_mask(q.shape[1], k.shape[1], q.device)
         attn_scores = self.hook_attn_scores(attn_scores.masked_fill_(~mask, float("-inf")))  # fresh: edit in place
-        pattern = self.hook_pattern(attn_scores.softmax(dim=-1))
+        pattern = attn_scores.softmax(dim=-1)
+        if not self.hook_attn_scores.is_passive:
+            # a hook may have masked a whole row to -inf, which has no softmax (NaN): that query
+            # attends to nothing, as in TransformerLens (the model's own masks never empty a row)
+            pattern = torch.where(pattern.isnan(), 0.0, pattern)
+        pattern = self.hook_pattern(pattern)
         return einsum(
             pattern, v, "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head"
         )
