@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hookgpt import HookedGPT, Tokenizer
+from hookgpt import HookedGPT, Tokenizer, components
 from hookgpt import generate as hg_generate
 from hookgpt import loading
 from hookgpt.cache import accumulated_bias
@@ -52,6 +52,24 @@ def _as_hookgpt_tokenizer(tokenizer: Any) -> Tokenizer:
     )
 
 
+class PosEmbed(components.PosEmbed):
+    """hookgpt's positional embedding, also callable as TL's `pos_embed(tokens, past_kv_pos_offset,
+    attention_mask=)`. The model's own forward passes positions (inside `HookedGPT.forward`)."""
+
+    in_model_forward = False
+
+    def forward(self, tokens: Tensor, past_kv_pos_offset: int = 0, attention_mask: Optional[Tensor] = None) -> Tensor:
+        if self.in_model_forward:
+            return self.W_pos[tokens]  # hookgpt's call: positions
+        batch, n_pos = tokens.shape
+        if attention_mask is None:
+            positions = torch.arange(past_kv_pos_offset, past_kv_pos_offset + n_pos, device=tokens.device).expand(batch, n_pos)
+            return self.W_pos[positions]
+        positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)[:, past_kv_pos_offset : past_kv_pos_offset + n_pos]
+        padding = ~attention_mask.bool()[:, past_kv_pos_offset : past_kv_pos_offset + n_pos, None]
+        return torch.where(padding, 0.0, self.W_pos[positions])
+
+
 class HookedTransformer(HookedRootModule, HookedGPT):
     def __init__(self, cfg: Union[HookedTransformerConfig, dict], tokenizer: Any = None, move_to_device: bool = True,
                  default_padding_side: str = "right"):
@@ -85,6 +103,7 @@ class HookedTransformer(HookedRootModule, HookedGPT):
         self.cfg = cfg
         self.context_level = getattr(self, "context_level", 0)
         self.is_caching = False
+        self.pos_embed.__class__ = PosEmbed
         self.tokenizer = tokenizer
         if self._tokenizer is not None:
             self._tokenizer.padding_side = default_padding_side
@@ -200,17 +219,26 @@ class HookedTransformer(HookedRootModule, HookedGPT):
         stop_at_layer: Optional[int] = None,
         past_kv_cache: Optional[HookedTransformerKeyValueCache] = None,
     ) -> Any:
+        if not isinstance(self.cfg, HookedTransformerConfig):  # inside hookgpt's generate: hookgpt's own forward
+            return self._hookgpt_forward(input, return_type=return_type, attention_mask=attention_mask, past_kv_cache=past_kv_cache)
         if start_at_layer is None:
             input, attention_mask = self._tokens_and_mask(input, prepend_bos, padding_side, attention_mask, past_kv_cache)
             if self.cfg.use_hook_tokens:
                 input = self.hook_tokens(input)
         elif attention_mask is not None and past_kv_cache is not None and attention_mask.shape[1] == past_kv_cache.length + input.shape[1]:
             attention_mask = attention_mask[:, past_kv_cache.length :]  # TL passes the mask of cached + new positions
-        return HookedGPT.forward(
-            self, input, return_type=return_type, loss_per_token=loss_per_token, prepend_bos=self._prepend_bos(prepend_bos),
+        return self._hookgpt_forward(
+            input, return_type=return_type, loss_per_token=loss_per_token, prepend_bos=self._prepend_bos(prepend_bos),
             padding_side=self._padding(padding_side), attention_mask=attention_mask, start_at_layer=start_at_layer,
             stop_at_layer=stop_at_layer, tokens=tokens, past_kv_cache=past_kv_cache,
         )
+
+    def _hookgpt_forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.pos_embed.in_model_forward = True
+        try:
+            return HookedGPT.forward(self, *args, **kwargs)
+        finally:
+            self.pos_embed.in_model_forward = False
 
     def input_to_embed(self, input: Any, prepend_bos: Optional[bool] = USE_DEFAULT_VALUE, padding_side: Optional[str] = USE_DEFAULT_VALUE,
                        attention_mask: Optional[Tensor] = None, past_kv_cache: Optional[HookedTransformerKeyValueCache] = None
@@ -219,7 +247,7 @@ class HookedTransformer(HookedRootModule, HookedGPT):
         before block 0; with a KV cache the mask covers cached + new positions (and is appended)."""
         tokens, attention_mask = self._tokens_and_mask(input, prepend_bos, padding_side, attention_mask, past_kv_cache)
         past = None if past_kv_cache is None else past_kv_cache.attention_mask
-        residual = HookedGPT.forward(self, tokens, attention_mask=attention_mask, stop_at_layer=0, past_kv_cache=past_kv_cache)
+        residual = self._hookgpt_forward(tokens, attention_mask=attention_mask, stop_at_layer=0, past_kv_cache=past_kv_cache)
         if past is not None:
             new = attention_mask if attention_mask is not None else torch.ones_like(tokens)
             attention_mask = torch.cat([past.to(new), new], dim=1)
@@ -441,15 +469,23 @@ class HookedTransformer(HookedRootModule, HookedGPT):
             tokens = input if input.ndim == 2 else input[None]
         mask = utils.infer_attention_mask(tokens, self.tokenizer.pad_token_id, self.tokenizer.bos_token_id, "left",
                                           self._prepend_bos(prepend_bos)) if self.tokenizer is not None and kind == "str" else None
-        out = hg_generate.generate(self, tokens, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        self.cfg = self._tl_cfg.to_gpt_config()  # hookgpt's generate reads (and type-checks) a GPTConfig
+        try:
+            out = self._generate_tokens(tokens, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                    do_sample=do_sample, eos_token_id=eos_token_id, stop_at_eos=stop_at_eos, use_kv_cache=use_past_kv_cache,
                                    return_type="tokens", attention_mask=mask, verbose=verbose)
+        finally:
+            self.cfg = self._tl_cfg
         if return_type == "tokens":
             return out
         if return_type == "embeds":
             return self.embed(out)
-        texts = self.to_string(out)
-        return texts[0] if isinstance(input, str) else texts
+        special = {self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        texts = [self.tokenizer.decode([t for t in row.tolist() if t not in special]) for row in out]  # skip_special_tokens, as TL
+        return texts[0] if len(texts) == 1 else texts
+
+    def _generate_tokens(self, tokens: Tensor, **kwargs: Any) -> Tensor:
+        return hg_generate.generate(self, tokens, **kwargs)
 
     def _generate_from_embeds(self, embeds: Tensor, max_new_tokens: int, stop_at_eos: bool, eos_token_id: Optional[int],
                               do_sample: bool, top_k: Optional[int], top_p: Optional[float], temperature: float) -> Tensor:
@@ -460,8 +496,8 @@ class HookedTransformer(HookedRootModule, HookedGPT):
         finished = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
         for _ in range(max_new_tokens):
             positions = torch.arange(embeds.shape[1], device=embeds.device).expand(batch, -1)
-            residual = embeds + self.pos_embed(positions)
-            logits = HookedGPT.forward(self, residual, start_at_layer=0)[:, -1]
+            residual = embeds + self.W_pos[positions]
+            logits = self._hookgpt_forward(residual, start_at_layer=0)[:, -1]
             token = hg_generate.sample_next_token(logits, do_sample, temperature, top_k, top_p)
             if stop_at_eos and eos_token_id is not None:
                 token = torch.where(finished, eos_token_id, token)

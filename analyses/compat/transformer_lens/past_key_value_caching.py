@@ -14,7 +14,9 @@ HookedTransformerKeyValueCacheEntry = KVCacheEntry
 class HookedTransformerKeyValueCache(KVCache):
     @classmethod
     def init_cache(cls, cfg, device: Union[str, torch.device, None], batch_size: int = 1) -> "HookedTransformerKeyValueCache":
-        empty = KVCache.empty(cfg, batch_size, device=device, dtype=cfg.dtype)
+        gpt_cfg = cfg.to_gpt_config() if hasattr(cfg, "to_gpt_config") else cfg
+        device = torch.device(device) if device is not None else None
+        empty = KVCache.empty(gpt_cfg, batch_size, device=device, dtype=gpt_cfg.dtype)
         return cls(empty.entries, empty.attention_mask)
 
     @property
