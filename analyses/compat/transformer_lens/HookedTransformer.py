@@ -462,7 +462,7 @@ class HookedTransformer(HookedRootModule, HookedGPT):
             tokens = self._generate_from_embeds(input, max_new_tokens, stop_at_eos, eos_token_id, do_sample, top_k, top_p, temperature)
             if return_type == "embeds":
                 return torch.cat([input, self.embed(tokens)], dim=1)
-            return self.to_string(tokens) if return_type == "str" else tokens
+            return self._decode(tokens) if return_type == "str" else tokens
         if kind == "str":
             tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side="left")
         else:
@@ -480,8 +480,12 @@ class HookedTransformer(HookedRootModule, HookedGPT):
             return out
         if return_type == "embeds":
             return self.embed(out)
+        return self._decode(out)
+
+    def _decode(self, tokens: Tensor) -> Union[str, list[str]]:
+        """TL's generate output text: special tokens skipped, a batch of one as a str."""
         special = {self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        texts = [self.tokenizer.decode([t for t in row.tolist() if t not in special]) for row in out]  # skip_special_tokens, as TL
+        texts = [self.tokenizer.decode([t for t in row.tolist() if t not in special]) for row in tokens]
         return texts[0] if len(texts) == 1 else texts
 
     def _generate_tokens(self, tokens: Tensor, **kwargs: Any) -> Tensor:
