@@ -104,3 +104,49 @@ def test_generate_and_utils(model):
     assert utils.get_act_name("k6a") == "blocks.6.attn.hook_k"
     assert utils.to_numpy(torch.ones(2)).tolist() == [1.0, 1.0]
     assert model.to_single_str_token(11) == ","
+
+
+def test_patching_matches_a_run_with_hooks_loop(model):
+    from analyses.compat.transformer_lens import patching
+
+    clean = model.to_tokens("When John and Mary went to the shops, John gave the bag to")
+    corrupted = model.to_tokens("When John and Mary went to the shops, Mary gave the bag to")
+    _, clean_cache = model.run_with_cache(clean)
+    mary, john = model.to_single_token(" Mary"), model.to_single_token(" John")
+
+    def metric(logits):
+        return logits[:, -1, mary].mean() - logits[:, -1, john].mean()
+
+    grid = patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric)
+    assert grid.shape == (model.cfg.n_layers, clean.shape[1])
+    for layer, pos in [(0, 9), (1, 9), (1, clean.shape[1] - 1)]:
+        def patch(resid, hook, pos=pos):
+            resid[:, pos] = clean_cache[hook.name][:, pos]
+            return resid
+
+        logits = model.run_with_hooks(corrupted, fwd_hooks=[(utils.get_act_name("resid_pre", layer), patch)])
+        torch.testing.assert_close(grid[layer, pos], metric(logits), atol=1e-4, rtol=1e-4)
+    every = patching.get_act_patch_attn_head_all_pos_every(model, corrupted, clean_cache, metric)
+    assert every.shape == (5, model.cfg.n_layers, model.cfg.n_heads)
+    with pytest.raises(ValueError, match="hook_embed"):
+        patching.get_act_patch_resid_pre(model, corrupted, type(clean_cache)({}, model), metric)
+
+
+def test_detect_head_scores_like_transformer_lens(model):
+    from analyses.compat.transformer_lens.head_detector import HEAD_NAMES, detect_head
+
+    text = " one two three four five six seven eight nine ten"
+    scores = detect_head(model, text, "previous_token_head")
+    _, cache = model.run_with_cache(text, remove_batch_dim=True)
+    before = cache["pattern", 0].clone()
+    pattern = cache["pattern", 0][2]
+    target = torch.zeros_like(pattern)
+    target[1:, :-1] = torch.eye(pattern.shape[0] - 1)
+    torch.testing.assert_close(scores[0, 2], (pattern * target).sum() / pattern.sum())  # TL's "mul" score
+    assert scores.argmax() == 2  # the shipped model's previous-token head, L0H2
+    detect_head(model, text, "previous_token_head", cache=cache, exclude_bos=True)
+    assert torch.equal(cache["pattern", 0], before)  # a given cache is never modified
+    assert detect_head(model, text, "induction_head", heads=[(1, 0)])[0].eq(-1).all()
+    assert len(HEAD_NAMES) == 3
+    with pytest.raises(AssertionError, match="non-empty"):
+        detect_head(model, "", "previous_token_head")
