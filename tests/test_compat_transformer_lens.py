@@ -150,3 +150,14 @@ def test_detect_head_scores_like_transformer_lens(model):
     assert len(HEAD_NAMES) == 3
     with pytest.raises(AssertionError, match="non-empty"):
         detect_head(model, "", "previous_token_head")
+
+
+def test_tokenize_and_concatenate_rows():
+    texts = ["To be, or not to be, that is the question.", "Whether 'tis nobler in the mind to suffer"] * 5
+    out = utils.tokenize_and_concatenate(texts, HookedTransformer.from_pretrained("hookgpt-shakespeare").tokenizer, max_length=8)
+    tokens = out["tokens"]
+    assert tokens.shape[1] == 8 and (tokens[:, 0] == 50256).all()
+    from hookgpt import Tokenizer
+
+    stream = Tokenizer.gpt2().encode("<|endoftext|>".join(texts))
+    assert tokens[0, 1:].tolist() == stream[:7]  # the joined text, EOS between documents, cut into rows

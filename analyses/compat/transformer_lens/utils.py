@@ -96,3 +96,61 @@ def test_prompt(
                 values, indices = dist.topk(top_k)
                 for k, (p, idx) in enumerate(zip(values.tolist(), indices.tolist())):
                     print(f"Top {k}th token. Prob: {p:6.2%} Token: |{model.to_string([idx])}|")
+
+
+def _tokenize_batch(texts: list[str], tokenizer: Any) -> list[int]:
+    """TL's tokenization of one batch: texts joined by EOS, split into 20 chunks at whitespace,
+    each chunk tokenized, the tokens concatenated."""
+    full_text = tokenizer.eos_token.join(texts)
+    if not full_text.strip():
+        return []
+    num_chunks = 20
+    chunk_length = (len(full_text) - 1) // num_chunks + 1
+    lookahead = chunk_length // 10
+    chunks, start = [], 0
+    for _ in range(num_chunks):
+        end = min(start + chunk_length, len(full_text))
+        boundary = min(end + lookahead, len(full_text))
+        while end < boundary and not full_text[end].isspace():
+            end += 1
+        chunks.append(full_text[start:end])
+        start = end
+    return [token for chunk in chunks if chunk for token in tokenizer.encode(chunk)]
+
+
+def tokenize_and_concatenate(
+    dataset: Any,
+    tokenizer: Any,
+    streaming: bool = False,
+    max_length: int = 1024,
+    column_name: str = "text",
+    add_bos_token: bool = True,
+    num_proc: int = 10,
+) -> Any:
+    """TL's `tokenize_and_concatenate`: every text joined by EOS, tokenized, cut into rows of
+    `max_length` tokens (the first one BOS with `add_bos_token`), the tail dropped. `dataset` is a
+    Hugging Face `datasets.Dataset` (returns one with a "tokens" column in torch format), or a list
+    of strings / a dict with `column_name` (returns `{"tokens": LongTensor[rows, max_length]}`).
+    Batches of 1000 texts are tokenized separately, as TL's `Dataset.map(batched=True)` does."""
+    from hookgpt import Tokenizer
+
+    if not isinstance(tokenizer, Tokenizer):
+        from analyses.compat.transformer_lens.HookedTransformer import _as_hookgpt_tokenizer
+
+        tokenizer = _as_hookgpt_tokenizer(tokenizer)
+    texts = list(dataset) if isinstance(dataset, (list, tuple)) else list(dataset[column_name])
+    seq_len = max_length - 1 if add_bos_token else max_length
+    rows = []
+    for start in range(0, len(texts), 1000):
+        tokens = torch.tensor(_tokenize_batch(texts[start : start + 1000], tokenizer), dtype=torch.long)
+        n_rows = len(tokens) // seq_len
+        batch_rows = tokens[: n_rows * seq_len].reshape(n_rows, seq_len)
+        if add_bos_token:
+            batch_rows = torch.cat([torch.full((n_rows, 1), tokenizer.bos_token_id), batch_rows], dim=1)
+        rows.append(batch_rows)
+    tokens = torch.cat(rows) if rows else torch.zeros(0, max_length, dtype=torch.long)
+    if isinstance(dataset, (list, tuple, dict)):
+        return {"tokens": tokens}
+    from datasets import Dataset
+
+    return Dataset.from_dict({"tokens": tokens.tolist()}).with_format(type="torch")
