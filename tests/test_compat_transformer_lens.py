@@ -161,3 +161,27 @@ def test_tokenize_and_concatenate_rows():
 
     stream = Tokenizer.gpt2().encode("<|endoftext|>".join(texts))
     assert tokens[0, 1:].tolist() == stream[:7]  # the joined text, EOS between documents, cut into rows
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_configs_compute_hookgpt_s_function(seed):
+    from hookgpt import HookedGPT
+
+    g = torch.Generator().manual_seed(seed)
+    n_layers, d_head, n_heads = (int(torch.randint(1, 4, (), generator=g)), int(torch.randint(2, 9, (), generator=g)), int(torch.randint(1, 5, (), generator=g)))
+    cfg = HookedTransformerConfig(n_layers=n_layers, d_model=d_head * n_heads, d_head=d_head, n_ctx=12, d_vocab=40,
+                                  act_fn=["relu", "gelu", "gelu_new"][seed], attn_only=seed == 1)
+    torch.manual_seed(seed)
+    tl_model = HookedTransformer(cfg)
+    reference = HookedGPT(cfg.to_gpt_config())
+    reference.load_state_dict(tl_model.state_dict())
+    tokens = torch.randint(0, 40, (2, 7), generator=g)
+    torch.testing.assert_close(tl_model(tokens), reference(tokens))
+    _, cache = tl_model.run_with_cache(tokens, pos_slice=-1)
+    _, ref_cache = reference.run_with_cache(tokens)
+    assert cache["q", 0].shape == (2, 1, n_heads, d_head)  # TL's run_with_cache keeps an int pos_slice's dim
+    torch.testing.assert_close(cache["resid_post", -1][:, 0], ref_cache["resid_post", -1][:, -1])
+    resid, toks, _, mask = tl_model.input_to_embed(tokens)
+    assert mask is None and torch.equal(toks, tokens)
+    torch.testing.assert_close(tl_model(resid, start_at_layer=0), reference(tokens))
+    torch.testing.assert_close(tl_model(tokens, stop_at_layer=n_layers), ref_cache["resid_post", -1], atol=1e-5, rtol=0)
