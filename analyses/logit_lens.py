@@ -8,8 +8,9 @@ between each layer's attention and MLP):
 
 `ln_final` is applied for real to each intermediate residual: each one is centred and divided by
 its *own* norm. That is what the logit lens means: "what would the model predict if it stopped
-here". (The alternative, `cache.accumulated_resid(apply_ln=True)`, divides every layer by the
-final layer's scale. That keeps `ln_final` linear, which is what direct logit attribution needs,
+here" (what `cache.accumulated_resid(apply_ln=True)` also does, as in TransformerLens 2.18).
+(The alternative, `cache.accumulated_resid(apply_ln=True, recompute_ln=False)`, divides every
+layer by the final layer's scale. That keeps `ln_final` linear, which is what direct logit attribution needs,
 but an early residual with a small norm then gives washed-out probabilities. The two differ by a
 positive factor per position, so when `ln_final.b` and `b_U` are zero (e.g. after folding and
 centring) they rank the tokens alike; the probabilities still differ.)

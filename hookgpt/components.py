@@ -17,6 +17,7 @@ outputs). Each choice is one test, `only_observed(...)` or `Attention.pattern_ob
   observe-only hooks receive it on the side (caches lazily, computed when read).
 """
 
+import functools
 import math
 from typing import Optional, Union
 
@@ -170,7 +171,12 @@ class Attention(nn.Module):
         if mask is None:
             mask = causal_mask(q.shape[1], k.shape[1], q.device)
         attn_scores = self.hook_attn_scores(attn_scores.masked_fill_(~mask, float("-inf")))  # fresh: edit in place
-        pattern = self.hook_pattern(attn_scores.softmax(dim=-1))
+        pattern = attn_scores.softmax(dim=-1)
+        if not self.hook_attn_scores.only_observed:
+            # a hook may have masked a whole row to -inf, which has no softmax (NaN): that query
+            # attends to nothing, as in TransformerLens (the model's own masks never empty a row)
+            pattern = torch.where(pattern.isnan(), 0.0, pattern)
+        pattern = self.hook_pattern(pattern)
         return einsum(
             pattern, v, "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head"
         )
@@ -258,9 +264,10 @@ class TransformerBlock(nn.Module):
     Inputs have hooks of their own: `hook_attn_in` and `hook_mlp_in` (`[batch, pos, d_model]`),
     and per head `hook_q_input`, `hook_k_input`, `hook_v_input` (`[batch, pos, n_heads, d_model]`:
     the residual stream that head's query, key or value reads, before ln1). The per-head inputs are
-    built only when a hook is attached to one of them; the block then applies ln1 to each head's
-    input separately (the same maths: every copy is the same vector until a hook edits one), so
-    editing one head's `hook_k_input` changes only that head's keys. This is what edge-level circuit
+    built in the main path only when a hook that may edit one of them is attached (observers such
+    as caches get them on the side, lazily); the block then applies ln1 to each head's input
+    separately (the same maths: every copy is the same vector until a hook edits one), so editing
+    one head's `hook_k_input` changes only that head's keys. This is what edge-level circuit
     analysis needs (`analyses.circuits`).
     """
 
@@ -284,9 +291,6 @@ class TransformerBlock(nn.Module):
             self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
-    @property
-    def per_head_inputs_observed(self) -> bool:
-        return self.hook_q_input.has_hooks or self.hook_k_input.has_hooks or self.hook_v_input.has_hooks
 
     def forward(
         self,
@@ -296,11 +300,14 @@ class TransformerBlock(nn.Module):
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_in = self.hook_attn_in(resid_pre)
-        if self.per_head_inputs_observed:
-            per_head = repeat(attn_in, "batch pos d_model -> batch pos n_heads d_model", n_heads=self.cfg.n_heads)
-            q_in, k_in, v_in = (self.ln1(hook(per_head.clone())) for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input))
+        per_head_hooks = (self.hook_q_input, self.hook_k_input, self.hook_v_input)
+        if not only_observed(*per_head_hooks):  # a hook may edit one head's input: each head its own
+            q_in, k_in, v_in = (self.ln1(hook(per_head(attn_in, self.cfg.n_heads))) for hook in per_head_hooks)
             attn_out = self.attn(q_in, mask, kv_cache_entry, key_input=k_in, value_input=v_in)
         else:
+            for hook in per_head_hooks:  # only observers (caches): the same vector for every head
+                if hook.has_hooks:
+                    hook.record_lazily(functools.partial(per_head, n_heads=self.cfg.n_heads), attn_in.detach())
             attn_out = self.attn(self.ln1(attn_in), mask, kv_cache_entry)
         attn_out = self.hook_attn_out(attn_out)
         if self.cfg.attn_only:
@@ -308,6 +315,11 @@ class TransformerBlock(nn.Module):
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid_mid))))
         return self.hook_resid_post(resid_mid + mlp_out)
+
+
+def per_head(x: Float[Tensor, "batch pos d_model"], n_heads: int) -> Float[Tensor, "batch pos n_heads d_model"]:
+    """One copy of `x` per head (each head's query/key/value input, `hook_q_input` etc.)."""
+    return repeat(x, "batch pos d_model -> batch pos n_heads d_model", n_heads=n_heads).clone()
 
 
 class Unembed(nn.Module):

@@ -7,6 +7,7 @@ stream (`start_at_layer`), and returns logits, the loss, both, or nothing. The h
 (`run_with_hooks`, `run_with_cache`, `hooks()`, `add_hook`) comes from `HookedRootModule`.
 """
 
+import copy
 import math
 import os
 from typing import Any, Literal, Optional, Sequence, Union
@@ -46,7 +47,7 @@ class HookedGPT(HookedRootModule):
         elif isinstance(cfg, str):
             cfg = GPTConfig.preset(cfg)
         self.cfg = cfg
-        self._tokenizer = tokenizer
+        self.tokenizer = tokenizer
         self.position_offset: Optional[int] = None  # in a forward with past_kv_cache: how many positions are cached
         self.generating = False  # True during the forward passes of `generate`
 
@@ -92,21 +93,26 @@ class HookedGPT(HookedRootModule):
                     f"this model has d_vocab={self.cfg.d_vocab}, smaller than GPT-2's 50257 tokens; "
                     "pass a matching tokenizer (HookedGPT(cfg, tokenizer=...)) or feed token ids"
                 )
-            self._tokenizer = tok.Tokenizer.gpt2()
+            self.tokenizer = tok.Tokenizer.gpt2()
         return self._tokenizer
 
     @tokenizer.setter
     def tokenizer(self, value: Optional[tok.Tokenizer]) -> None:
+        if value is not None and getattr(value, "_source", "") is None:
+            # the shipped GPT-2 tokenizer is one cached object: give this model its own (sharing the
+            # vocabulary), so that e.g. `model.tokenizer.padding_side = "left"` stays with this model
+            value = copy.copy(value)
         self._tokenizer = value
 
     def to_tokens(
         self,
         input: Union[str, list[str]],
         prepend_bos: bool = True,
-        padding_side: Literal["left", "right"] = "right",
+        padding_side: Optional[Literal["left", "right"]] = None,
         truncate: bool = False,
     ) -> Int[Tensor, "batch pos"]:
-        """Text to a `[batch, pos]` tensor of token ids (BOS prepended, padded to equal length)."""
+        """Text to a `[batch, pos]` tensor of token ids (BOS prepended, padded to equal length on
+        `padding_side`; None: `model.tokenizer.padding_side`, "right" unless set)."""
         tokens = tok.to_tokens(self.tokenizer, input, prepend_bos=prepend_bos, padding_side=padding_side)
         if truncate:
             tokens = tokens[:, : self.cfg.n_ctx]
@@ -138,7 +144,7 @@ class HookedGPT(HookedRootModule):
         return_type: ReturnType = "logits",
         loss_per_token: bool = False,
         prepend_bos: bool = True,
-        padding_side: str = "right",
+        padding_side: Optional[str] = None,
         attention_mask: Optional[Int[Tensor, "batch pos"]] = None,
         start_at_layer: Optional[int] = None,
         stop_at_layer: Optional[int] = None,
@@ -154,8 +160,13 @@ class HookedGPT(HookedRootModule):
             return_type: "logits" `[batch, pos, d_vocab]`, "loss" (mean next-token cross-entropy),
                 "both" (logits, loss), or None.
             loss_per_token: return the loss as `[batch, pos - 1]` instead of its mean.
+            padding_side: the side text batches are padded on, and the side token ids are taken to be
+                padded on (None: `model.tokenizer.padding_side`, "right" unless set).
             attention_mask: `[batch, pos]`, 1 for real tokens and 0 for padding. Positions are counted
-                over real tokens only, so left padding gives the same outputs as no padding.
+                over real tokens only, so left padding gives the same outputs as no padding. When
+                LEFT-padded token ids come without one, it is inferred from the pad token as
+                TransformerLens does (`infer_attention_mask`): leading pad tokens are padding, except
+                the BOS a `prepend_bos` prompt starts with.
             start_at_layer: `input` is the residual stream before this block; embeddings are skipped.
                 Pass `tokens` too if you want a loss.
             stop_at_layer: return the residual stream before this block (negative counts from the end;
@@ -176,6 +187,8 @@ class HookedGPT(HookedRootModule):
             input, text_mask = tok.to_tokens_with_mask(self.tokenizer, input, prepend_bos=prepend_bos, padding_side=padding_side)
             input = input.to(self.device)
             attention_mask = text_mask.to(self.device) if attention_mask is None else attention_mask
+        elif attention_mask is None and start_at_layer is None and self._padding_side(padding_side) == "left":
+            attention_mask = self._inferred_attention_mask(input, prepend_bos)
         if start_at_layer is None:
             tokens = self._validated_tokens(input, past_len)
         elif input.ndim != 3 or input.shape[-1] != self.cfg.d_model or input.is_floating_point() is False:
@@ -244,6 +257,25 @@ class HookedGPT(HookedRootModule):
         return loss if per_token else loss.sum() / keep.sum().clamp(min=1)
 
     # ------------------------------------------------------------------ input checks and masks
+
+    def _padding_side(self, padding_side: Optional[str]) -> str:
+        if padding_side is not None:
+            return padding_side
+        return getattr(self._tokenizer, "padding_side", "right") if self._tokenizer is not None else "right"
+
+    def _inferred_attention_mask(self, tokens: Tensor, prepend_bos: bool) -> Optional[Tensor]:
+        """The mask of left-padded token ids given without one (None if nothing is padding)."""
+        if not isinstance(tokens, Tensor) or tokens.is_floating_point():
+            return None  # _validated_tokens says what is wrong
+        try:
+            tokenizer = self.tokenizer
+        except ValueError as error:
+            raise ValueError(
+                "left-padded token ids without attention_mask: the mask is inferred from the pad token, "
+                "but this model has no tokenizer; pass attention_mask"
+            ) from error
+        mask = infer_attention_mask(tokens if tokens.ndim == 2 else tokens[None], tokenizer.pad_token_id, tokenizer.bos_token_id, "left", prepend_bos)
+        return None if bool(mask.all()) else mask
 
     def _validated_tokens(self, tokens: Tensor, past_len: int) -> Int[Tensor, "batch pos"]:
         if not isinstance(tokens, Tensor):
@@ -459,6 +491,28 @@ class HookedGPT(HookedRootModule):
         from hookgpt.generate import generate
 
         return generate(self, input, max_new_tokens=max_new_tokens, **kwargs)
+
+
+def infer_attention_mask(
+    tokens: Int[Tensor, "batch pos"], pad_token_id: int, bos_token_id: int, padding_side: str = "right", prepend_bos: bool = True
+) -> Int[Tensor, "batch pos"]:
+    """The attention mask of padded token ids, from the pad token (TransformerLens's
+    `utils.get_attention_mask`): right padding is the run of pad tokens at the end of each row,
+    left padding the run at the start -- except that when BOS is the pad token (GPT-2) and
+    `prepend_bos`, the last token of that run is the row's BOS, a real token."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    real = tokens != pad_token_id
+    if padding_side == "right":
+        is_pad = real.flip(-1).cumsum(-1).flip(-1) == 0  # no real token at or after this position
+        return (~is_pad).long()
+    is_pad = real.cumsum(-1) == 0  # no real token at or before this position
+    mask = (~is_pad).long()
+    if prepend_bos and bos_token_id == pad_token_id:
+        n_pad = is_pad.sum(-1)
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        mask[rows, (n_pad - 1).clamp(min=0)] = 1  # the BOS (a row with no padding keeps its first token)
+    return mask
 
 
 def _self_diagonal(query_len: int, key_len: int, device: torch.device) -> Tensor:

@@ -308,6 +308,9 @@ class Tokenizer:
         self.eos_token_id: int = encoding._special_tokens[eos_token]
         self.bos_token_id: int = self.eos_token_id
         self.pad_token_id: int = self.eos_token_id
+        # Which side batches of different lengths are padded on when no padding_side is passed
+        # (as a Hugging Face tokenizer's attribute; the model also reads it for token input).
+        self.padding_side: PaddingSide = "right"
         n_tokens = len(encoding._mergeable_ranks) + len(encoding._special_token_values)
         # Whether every id in [0, vocab_size) is a token (true for GPT-2); if not, we check membership.
         self._ids_contiguous = n_tokens == self.vocab_size
@@ -496,7 +499,7 @@ def to_tokens_with_mask(
     tokenizer: Tokenizer,
     input: Union[str, Sequence[str]],
     prepend_bos: bool = True,
-    padding_side: PaddingSide = "right",
+    padding_side: Optional[PaddingSide] = None,
     max_length: Optional[int] = None,
 ) -> tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"]]:
     """Tokenize a string or a list of strings into a padded batch, with its attention mask.
@@ -505,7 +508,10 @@ def to_tokens_with_mask(
     batch of one. Shorter sequences are padded with `pad_token_id` on `padding_side`; the mask is
     1 on real tokens (BOS included) and 0 on padding. With `max_length`, each sequence (BOS
     included) is cut to its first `max_length` tokens; shorter batches are not padded up to it.
+    `padding_side=None` uses `tokenizer.padding_side` ("right" unless set).
     """
+    if padding_side is None:
+        padding_side = getattr(tokenizer, "padding_side", "right")
     if padding_side not in PADDING_SIDES:
         raise ValueError(f"padding_side must be one of {list(PADDING_SIDES)}, got {padding_side!r}")
     if max_length is not None and max_length < 1:
@@ -534,7 +540,7 @@ def to_tokens(
     tokenizer: Tokenizer,
     input: Union[str, Sequence[str]],
     prepend_bos: bool = True,
-    padding_side: PaddingSide = "right",
+    padding_side: Optional[PaddingSide] = None,
     max_length: Optional[int] = None,
 ) -> Int[torch.Tensor, "batch pos"]:
     """Tokenize a string (batch of one) or a list of strings into a padded [batch, pos] tensor.

@@ -29,6 +29,7 @@ EXPECTED_BLOCK_HOOKS = [
     "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
     "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid",
     "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
+    "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in",
 ]
 
 
@@ -48,6 +49,8 @@ def test_every_hook_fires_with_documented_shape(model, tokens):
     assert cache["result", 0].shape == (b, p, h, m)
     assert cache["pre", 1].shape == cache["post", 1].shape == (b, p, 256)
     assert cache["scale", 0, "ln2"].shape == (b, p, 1)
+    assert cache["blocks.1.hook_k_input"].shape == (b, p, h, m) and cache["blocks.0.hook_mlp_in"].shape == (b, p, m)
+    torch.testing.assert_close(cache["blocks.1.hook_k_input"][:, :, 2], cache["resid_pre", 1])  # each head's copy
     # masked scores are -inf above the diagonal, the pattern is a distribution over allowed keys
     assert torch.isinf(cache["attn_scores", 0][0, 0].triu(1)[0, 1:]).all()
     torch.testing.assert_close(cache["pattern", 1].sum(-1), torch.ones(b, h, p))
