@@ -5,6 +5,7 @@ The presets are GPT-2's published sizes. A config is plain data: it can be writt
 """
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -45,6 +46,7 @@ class GPTConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        self._check_types()
         if self.d_head is None:
             if self.d_model % self.n_heads != 0:
                 raise ValueError(
@@ -58,8 +60,29 @@ class GPTConfig:
             raise ValueError(f"act_fn={self.act_fn!r} is not supported; expected one of {ACT_FNS}")
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name == "n_layers" else 1):
+            if value < (0 if name == "n_layers" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def _check_types(self) -> None:
+        """Every field has its declared type (a config read from JSON may say `"n_layers": "2"`)."""
+        from hookgpt.errors import ArgumentTypeError
+
+        def check(names: tuple[str, ...], kind: str, ok: Any) -> None:
+            for name in names:
+                value = getattr(self, name)
+                if not ok(value):
+                    raise ArgumentTypeError(f"GPTConfig.{name} must be {kind}, got {type(value).__name__} {value!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        check(("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx"), "an integer", is_int)
+        check(("d_head", "d_mlp"), "an integer or None", lambda v: v is None or is_int(v))
+        check(("layer_norm_eps", "init_range"), "a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool))
+        check(("attn_only", "tie_embeddings", "folded_ln", "centered_writing_weights", "centered_unembed"), "True or False", lambda v: isinstance(v, bool))
+        check(("act_fn", "model_name"), "a string", lambda v: isinstance(v, str))
+        check(("dtype",), "a torch.dtype", lambda v: isinstance(v, torch.dtype))
+        check(("extra",), "a dict", lambda v: isinstance(v, dict))
 
     def replace(self, **changes: Any) -> "GPTConfig":
         """A copy with some fields changed (`dataclasses.replace`)."""
