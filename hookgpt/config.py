@@ -46,7 +46,7 @@ class GPTConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self._check_types()
+        _check_field_types({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         if self.d_head is None:
             if self.d_model % self.n_heads != 0:
                 raise ValueError(
@@ -62,27 +62,6 @@ class GPTConfig:
             value = getattr(self, name)
             if value < (0 if name == "n_layers" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-    def _check_types(self) -> None:
-        """Every field has its declared type (a config read from JSON may say `"n_layers": "2"`)."""
-        from hookgpt.errors import ArgumentTypeError
-
-        def check(names: tuple[str, ...], kind: str, ok: Any) -> None:
-            for name in names:
-                value = getattr(self, name)
-                if not ok(value):
-                    raise ArgumentTypeError(f"GPTConfig.{name} must be {kind}, got {type(value).__name__} {value!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-        check(("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx"), "an integer", is_int)
-        check(("d_head", "d_mlp"), "an integer or None", lambda v: v is None or is_int(v))
-        check(("layer_norm_eps", "init_range"), "a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool))
-        check(("attn_only", "tie_embeddings", "folded_ln", "centered_writing_weights", "centered_unembed"), "True or False", lambda v: isinstance(v, bool))
-        check(("act_fn", "model_name"), "a string", lambda v: isinstance(v, str))
-        check(("dtype",), "a torch.dtype", lambda v: isinstance(v, torch.dtype))
-        check(("extra",), "a dict", lambda v: isinstance(v, dict))
 
     def replace(self, **changes: Any) -> "GPTConfig":
         """A copy with some fields changed (`dataclasses.replace`)."""
@@ -101,7 +80,8 @@ class GPTConfig:
             raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}; known fields are {sorted(known)}")
         d = dict(d)
         if isinstance(d.get("dtype"), str):
-            d["dtype"] = getattr(torch, d["dtype"].replace("torch.", ""))
+            d["dtype"] = getattr(torch, d["dtype"].replace("torch.", ""), d["dtype"])
+        _check_field_types(d)  # before construction: JSON may say "n_layers": "2"
         return cls(**d)
 
     @classmethod
@@ -113,6 +93,34 @@ class GPTConfig:
             close = difflib.get_close_matches(name, PRESETS, n=3)
             raise KeyError(f"no preset named {name!r}; did you mean {close}? Presets: {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], "model_name": name, **overrides})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+# What each field holds, as (description, check); a config read from JSON may hold anything.
+FIELD_TYPES: dict[str, tuple[str, Any]] = {
+    **{name: ("an integer", _is_int) for name in ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx")},
+    **{name: ("an integer or None", lambda v: v is None or _is_int(v)) for name in ("d_head", "d_mlp")},
+    **{name: ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)) for name in ("layer_norm_eps", "init_range")},
+    **{
+        name: ("True or False", lambda v: isinstance(v, bool))
+        for name in ("attn_only", "tie_embeddings", "folded_ln", "centered_writing_weights", "centered_unembed")
+    },
+    **{name: ("a string", lambda v: isinstance(v, str)) for name in ("act_fn", "model_name")},
+    "dtype": ("a torch.dtype (or its name, e.g. 'float32')", lambda v: isinstance(v, torch.dtype)),
+    "extra": ("a dict", lambda v: isinstance(v, dict)),
+}
+
+
+def _check_field_types(values: dict[str, Any]) -> None:
+    from hookgpt.errors import ArgumentTypeError
+
+    for name, value in values.items():
+        kind, ok = FIELD_TYPES.get(name, ("", lambda v: True))
+        if not ok(value):
+            raise ArgumentTypeError(f"GPTConfig.{name} must be {kind}, got {type(value).__name__} {value!r}")
 
 
 # GPT-2's published hyperparameters (Radford et al. 2019; Hugging Face config.json files).

@@ -539,9 +539,16 @@ def is_model_file(name: str) -> bool:
 
 
 def _write_safetensors(state_dict: dict[str, Tensor], path: Path) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}, str(path), metadata={"format": "pt"})
+    try:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}, str(path), metadata={"format": "pt"})
+    except SafetensorError as e:  # an I/O error (a full disk) as the OSError it is
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
 
 
 def _write_json(data: dict[str, Any], path: Path) -> None:

@@ -1,0 +1,252 @@
+"""Files under faults and hostile input: checkpoints that point outside their directory,
+saves killed at every step or out of disk space, unwritable targets, truncated shards.
+
+The kill tests fork the test process and SIGKILL the child at the n-th system call the save
+makes (counted with `sys.setprofile` over hookgpt's saving code and `shutil`), for every n until
+the save completes: a real kill, with no `finally` or `except` running, at every step.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from hf_utils import GPT2_VOCAB, save_random_hf_gpt2
+from safetensors.torch import load_file
+
+from hookgpt import GPTConfig, HookedGPT, atomic, loading
+from hookgpt.errors import ArgumentError, CheckpointError
+from hookgpt.loading import from_pretrained, save_hf_pretrained, save_pretrained
+
+SMALL = dict(n_layers=1, d_model=16, n_heads=2, d_mlp=32, d_vocab=100, n_ctx=16)
+
+
+def small_model(seed: int, **overrides) -> HookedGPT:
+    torch.manual_seed(seed)
+    return HookedGPT(GPTConfig(**{**SMALL, **overrides})).eval()
+
+
+def weights_of(directory: Path) -> torch.Tensor:
+    return from_pretrained(directory).embed.W_E.detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths inside a checkpoint never leave it
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shard_name", ["../outside.safetensors", "{abs}", "link.safetensors"])
+def test_sharded_index_naming_a_file_outside_the_checkpoint_is_refused(tmp_path, shard_name):
+    ckpt = tmp_path / "ckpt"
+    save_hf_pretrained(small_model(0, tie_embeddings=True), ckpt)
+    outside = tmp_path / "outside.safetensors"
+    (ckpt / "model.safetensors").rename(outside)
+    if shard_name == "{abs}":
+        shard_name = str(outside)
+    if shard_name == "link.safetensors":
+        (ckpt / shard_name).symlink_to(outside)
+    weight_map = {k: shard_name for k in load_file(outside)}
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match="outside the checkpoint directory") as info:
+        from_pretrained(ckpt)
+    assert shard_name in str(info.value)
+
+
+def test_truncated_shard_is_named(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    save_hf_pretrained(small_model(0, tie_embeddings=True), ckpt)
+    (ckpt / "model.safetensors").rename(ckpt / "model-00001-of-00001.safetensors")
+    weight_map = {k: "model-00001-of-00001.safetensors" for k in load_file(ckpt / "model-00001-of-00001.safetensors")}
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    shard = ckpt / "model-00001-of-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="model-00001-of-00001.safetensors.*truncated or corrupt"):
+        from_pretrained(ckpt)
+
+
+def test_config_values_of_the_wrong_type_are_named(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    save_pretrained(small_model(0), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    for field, value, expected in [("n_layers", "1", "an integer"), ("layer_norm_eps", "1e-5", "a number"), ("attn_only", "no", "True or False")]:
+        (ckpt / "config.json").write_text(json.dumps({**config, field: value}))
+        with pytest.raises(CheckpointError, match=f"config.json.*GPTConfig.{field} must be {expected}, got str"):
+            from_pretrained(ckpt)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_device_without_a_gpu(tmp_path):
+    save_pretrained(small_model(0), tmp_path / "ckpt")
+    with pytest.raises(ArgumentError, match="device='cuda'.*no CUDA GPU"):
+        from_pretrained(tmp_path / "ckpt", device="cuda")
+    with pytest.raises(ArgumentError, match="device='gpu' is not a torch device"):
+        from_pretrained(tmp_path / "ckpt", device="gpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving: the whole model swapped in, old tokenizer files gone, other files kept
+# ---------------------------------------------------------------------------------------------
+
+
+def test_saving_over_a_model_with_its_own_tokenizer_leaves_no_stray_tokenizer_file(tmp_path):
+    src = tmp_path / "src"
+    save_random_hf_gpt2(src, vocab_size=GPT2_VOCAB, n_embd=16, n_head=2, n_layer=1, tokenizer_files=True)
+    target = tmp_path / "ckpt"
+    from_pretrained(src).save_pretrained(target)
+    assert {"vocab.json", "merges.txt"} <= {p.name for p in target.iterdir()}
+    (target / "notes.txt").write_text("mine")
+    gpt2_tokenizer_model = small_model(1, d_vocab=GPT2_VOCAB)  # GPT-2's shipped tokenizer: no files
+    gpt2_tokenizer_model.save_pretrained(target)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
+    assert from_pretrained(target).tokenizer._source is None  # the shipped GPT-2 tokenizer, not src's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "src"]
+
+
+def _sibling_names(target: Path) -> list[str]:
+    return sorted(p.name for p in target.parent.iterdir())
+
+
+def _save_in_child(model: HookedGPT, target: Path, kill_at: int, two_renames: bool) -> bool:
+    """Save in a forked child that SIGKILLs itself at its `kill_at`-th call; True if it died."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            if two_renames:
+                atomic._exchange = lambda a, b: False
+            watched = {atomic.__file__, loading.__file__, shutil.__file__}
+            calls = 0
+
+            def profile(frame, event, arg):
+                nonlocal calls
+                if event == "c_call" and frame.f_code.co_filename in watched:
+                    calls += 1
+                    if calls == kill_at:
+                        os.kill(os.getpid(), signal.SIGKILL)
+
+            sys.setprofile(profile)
+            save_pretrained(model, target)
+            sys.setprofile(None)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        assert os.WTERMSIG(status) == signal.SIGKILL
+        return True
+    assert os.WEXITSTATUS(status) == 0
+    return False
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize(
+    "two_renames", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["renameat2-exchange", "two-renames"]
+)
+def test_a_save_killed_at_every_step_leaves_the_old_or_the_new_model(tmp_path, two_renames):
+    old, new = small_model(0), small_model(1)
+    pristine = tmp_path / "pristine"
+    save_pretrained(old, pristine)
+    (pristine / "notes.txt").write_text("mine")
+    old_weights, new_weights = old.embed.W_E.detach(), new.embed.W_E.detach()
+    work = tmp_path / "work"
+    work.mkdir()
+    target = work / "ckpt"
+    outcomes = {"old": 0, "new": 0}
+    kill_at = 0
+    while True:
+        kill_at += 1
+        shutil.copytree(pristine, target)
+        died = _save_in_child(new, target, kill_at, two_renames)
+        if not died:
+            break
+        if not two_renames:  # the exchange: the directory is never missing, not even for an instant
+            assert target.is_dir(), f"killed at step {kill_at}: {_sibling_names(target)}"
+        loaded = weights_of(target)  # loading recovers a save killed between two renames
+        which = "old" if torch.equal(loaded, old_weights) else "new"
+        assert torch.equal(loaded, old_weights if which == "old" else new_weights)
+        assert (target / "notes.txt").read_text() == "mine"
+        outcomes[which] += 1
+        atomic.recover_directory(target)  # what the next save does first
+        assert _sibling_names(target) == ["ckpt"], f"killed at step {kill_at}: temporaries left"
+        shutil.rmtree(target)
+        assert kill_at < 500, "the save never completed"
+    assert torch.equal(weights_of(target), new_weights)
+    assert _sibling_names(target) == ["ckpt"]
+    assert outcomes["old"] > 5 and outcomes["new"] >= 1, outcomes  # kills landed before and after the swap
+    print(f"kills survived ({'two renames' if two_renames else 'exchange'}): {kill_at - 1} {outcomes}")
+
+
+def test_a_save_into_a_directory_another_live_save_is_using_leaves_its_temporaries_alone(tmp_path):
+    target = tmp_path / "ckpt"
+    save_pretrained(small_model(0), target)
+    live = tmp_path / f".ckpt.tmp-{os.getppid()}-abc"  # a live process (our parent)
+    live.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".ckpt.tmp-{int(dead.stdout)}-xyz"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"x" * 1000)
+    save_pretrained(small_model(1), target)
+    assert _sibling_names(target) == sorted([live.name, "ckpt"])
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk and an unwritable target (a small tmpfs; needs root and mount)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    def mount(options: str) -> Path:
+        point = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
+        point.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'mount failed'}); needs root")
+        mounted.append(point)
+        return point
+
+    mounted: list[Path] = []
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def test_enospc_leaves_the_old_model_and_no_temporaries(small_tmpfs):
+    disk = small_tmpfs("size=256k")
+    target = disk / "ckpt"
+    old = small_model(0)
+    save_pretrained(old, target)
+    big = small_model(1, d_vocab=4000, d_model=32)  # ~0.6 MB of weights: does not fit
+    with pytest.raises(OSError) as info:
+        save_pretrained(big, target)
+    assert info.value.errno == 28 and str(target) in str(info.value) and ".tmp-" not in str(info.value)
+    assert torch.equal(weights_of(target), old.embed.W_E.detach())
+    assert sorted(p.name for p in disk.iterdir()) == ["ckpt"]
+    save_pretrained(small_model(2), target)  # the disk is usable again: nothing was left behind
+    assert torch.equal(weights_of(target), small_model(2).embed.W_E.detach())
+
+
+def test_enospc_on_a_single_file_names_the_file(small_tmpfs):
+    disk = small_tmpfs("size=64k")
+    with pytest.raises(OSError) as info:
+        atomic.write_bytes_atomic(disk / "report.html", b"x" * 200_000)
+    assert info.value.errno == 28 and "report.html" in str(info.value) and ".tmp" not in str(info.value)
+    assert list(disk.iterdir()) == []
+
+
+def test_unwritable_target_is_named(small_tmpfs, tmp_path):
+    read_only = small_tmpfs("ro,size=64k")
+    with pytest.raises(OSError) as info:
+        save_pretrained(small_model(0), read_only / "ckpt")
+    assert str(read_only / "ckpt") in str(info.value) and "Read-only" in str(info.value)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(OSError, match="a-file/ckpt"):
+        save_pretrained(small_model(0), tmp_path / "a-file" / "ckpt")
+    with pytest.raises(NotADirectoryError, match="it is a file"):
+        save_pretrained(small_model(0), tmp_path / "a-file")
