@@ -7,6 +7,7 @@ keeps working:
 
     HookgptError                  the base: "hookgpt refused this input"
     ├── ArgumentError             (ValueError)  a value out of range or malformed
+    │   ├── IndexRangeError       (also IndexError) a layer, head or position out of range
     │   ├── HookOutputError       a hook returned a tensor of the wrong dtype or device
     │   │   └── HookShapeError    ... or of the wrong shape
     │   └── CheckpointError       a checkpoint is missing, unreadable or inconsistent
@@ -39,6 +40,10 @@ class UnknownNameError(HookgptError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the repr of the message, quotes and all
         return str(self.args[0]) if self.args else ""
+
+
+class IndexRangeError(ArgumentError, IndexError):
+    """A layer, head or position index outside the model or the sequence."""
 
 
 class HookOutputError(ArgumentError):
