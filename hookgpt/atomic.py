@@ -57,10 +57,19 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _make_parents(path: Path) -> None:
+    """Create the folders above `path`; a file in the way is named as such (mkdir alone would
+    say "File exists")."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"cannot write {str(path)!r}: {str(parent)!r} is a file, not a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def _naming_the_target(error: OSError, target: Path) -> OSError:
     """The same kind of OSError, naming the file or directory the user asked for rather than the
     temporary name the error happened on."""
-    if error.errno is None:
+    if error.errno is None or str(target) in str(error):
         return error
     return type(error)(error.errno, f"cannot write {str(target)!r}: {error.strerror}")
 
@@ -75,7 +84,7 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     """`with atomic_write("out.bin") as tmp: write to tmp` -> `out.bin` appears whole, or not at all."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(path)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
         raise _naming_the_target(e, path) from e
@@ -206,7 +215,7 @@ def atomic_directory(directory: PathLike, replaced: Optional[Callable[[str], boo
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, f"cannot save into {str(directory)!r}: it is a file, not a directory")
     try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(directory)
         recover_directory(directory)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{os.getpid()}-", dir=directory.parent))
     except OSError as e:

@@ -472,6 +472,8 @@ def find_checkpoint(name_or_path: PathLike) -> Path:
     """The directory `from_pretrained(name_or_path)` loads: shipped model, local directory, or
     Hugging Face cache, in that order."""
     name = os.fspath(name_or_path)
+    if not name.strip():
+        raise ArgumentError("the model name is empty: give a shipped model name, a checkpoint directory or a Hugging Face name")
     shipped = list_shipped_models()
     if name in shipped:
         return SHIPPED_DIR / name
