@@ -8,12 +8,17 @@ GPT-2 turns text into token ids in three steps:
 3. Inside each chunk, adjacent pieces are merged greedily, always applying the highest-priority
    merge first, using the 50000 merges GPT-2 learned on WebText.
 
-The vocabulary (`encoder.json`, token -> id) and the merges (`vocab.bpe`) ship with the package
-in `hookgpt/data/gpt2/`, so nothing is downloaded. Both files spell bytes with GPT-2's
-"byte-to-unicode" alphabet (a space is "Ġ", a newline "Ċ"); we map them back to raw bytes and
-hand the result to `tiktoken`, whose Rust BPE does the actual work. Because GPT-2 gave every
-merged token the id 256 + its merge index, a token's id *is* its merge priority, which is exactly
-what tiktoken's `mergeable_ranks` expects.
+GPT-2 gave every merged token the id 256 + its merge index, so a token's id *is* its merge
+priority: the whole vocabulary is one table "token bytes -> rank". It ships with the package in
+tiktoken's own file format (`hookgpt/data/gpt2/gpt2.tiktoken`, one `base64(bytes) rank` line
+per token, byte-for-byte the file tiktoken's `r50k_base` uses), so nothing is downloaded; it is
+read with tiktoken's public `load_tiktoken_bpe`, and tiktoken's Rust BPE does the actual work.
+(`scripts/make_gpt2_tiktoken.py` derives it from OpenAI's original `encoder.json`/`vocab.bpe`,
+kept next to it.)
+
+A Hugging Face tokenizer directory (`vocab.json` + `merges.txt`, or `tokenizer.json`) spells
+bytes with GPT-2's "byte-to-unicode" alphabet (a space is "Ġ", a newline "Ċ"); for those we map
+the entries back to raw bytes and build the same kind of table.
 
 `Tokenizer` is the vocabulary object. The functions after it (`to_tokens`, `to_string`,
 `to_str_tokens`, ...) take the tokenizer as their first argument; the model exposes them as
@@ -32,6 +37,7 @@ from typing import Literal, Optional, Union
 
 import numpy as np
 import tiktoken
+import tiktoken.load
 import torch
 from jaxtyping import Int
 
@@ -43,6 +49,10 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|
 ENDOFTEXT = "<|endoftext|>"
 
 GPT2_DATA_DIR = Path(__file__).parent / "data" / "gpt2"
+GPT2_TIKTOKEN = GPT2_DATA_DIR / "gpt2.tiktoken"
+# sha256 of gpt2.tiktoken: the hash tiktoken itself pins for r50k_base (GPT-2's vocabulary).
+GPT2_TIKTOKEN_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+GPT2_EOT_ID = 50256
 
 # "left" or "right". Annotated as plain `str` so that a wrong value reaches our own check and
 # its ValueError (listing the valid values) instead of a type-checker error.
@@ -109,7 +119,7 @@ def _build_encoding(
     vocab: dict[str, int],
     merges: list[tuple[str, str]],
     added_tokens: dict[str, int],
-) -> tuple[tiktoken.Encoding, frozenset[str]]:
+) -> tuple[tiktoken.Encoding, frozenset[str], frozenset[int]]:
     """Turn a GPT-2 style (vocab, merges) pair into a tiktoken Encoding.
 
     The mergeable tokens are the 256 single bytes plus the result of every merge. Every other
@@ -119,7 +129,8 @@ def _build_encoding(
 
     Also returns the special tokens that are matched verbatim in text (like Hugging Face's added
     tokens): "<|endoftext|>", `added_tokens`, and entries not spelled in the byte alphabet. A
-    stray entry that no merge produces but that is spelled in bytes stays decodable only.
+    stray entry that no merge produces but that is spelled in bytes stays decodable only. And
+    the set of every token id (a vocabulary may skip ids).
     """
     mergeable_ranks: dict[bytes, int] = {}
     for char in bytes_to_unicode().values():
@@ -160,7 +171,7 @@ def _build_encoding(
     encoding = tiktoken.Encoding(
         name, pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens
     )
-    return encoding, matched_in_text
+    return encoding, matched_in_text, frozenset(mergeable_ids) | frozenset(special_tokens.values())
 
 
 def _parse_merges_text(text: str) -> list[tuple[str, str]]:
@@ -189,18 +200,12 @@ def _gc_paused():
 
 
 @functools.lru_cache(maxsize=None)
-def _gpt2_encoding() -> tuple[tiktoken.Encoding, frozenset[str]]:
-    """The shipped GPT-2 vocabulary, built once per process."""
+def _gpt2_encoding() -> tiktoken.Encoding:
+    """The shipped GPT-2 vocabulary, read once per process with tiktoken's public loader (which
+    checks the file against its pinned sha256)."""
     with _gc_paused():
-        return _read_gpt2_encoding()
-
-
-def _read_gpt2_encoding() -> tuple[tiktoken.Encoding, frozenset[str]]:
-    with gzip.open(GPT2_DATA_DIR / "encoder.json.gz", "rb") as f:
-        vocab = json.loads(f.read())
-    with gzip.open(GPT2_DATA_DIR / "vocab.bpe.gz", "rb") as f:
-        merges = _parse_merges_text(f.read().decode("utf-8"))
-    return _build_encoding("gpt2", vocab, merges, {})
+        ranks = tiktoken.load.load_tiktoken_bpe(str(GPT2_TIKTOKEN), expected_hash=GPT2_TIKTOKEN_SHA256)
+    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: GPT2_EOT_ID})
 
 
 # Hugging Face directory layouts we understand, in the order we try them.
@@ -240,7 +245,7 @@ def _read_hf_directory(directory: Path) -> tuple[dict[str, int], list[tuple[str,
 
 
 @functools.lru_cache(maxsize=8)
-def _directory_encoding(directory: str, signature: tuple) -> tuple[tiktoken.Encoding, frozenset[str]]:
+def _directory_encoding(directory: str, signature: tuple) -> tuple[tiktoken.Encoding, frozenset[str], frozenset[int]]:
     # `signature` (file names, sizes, mtimes) is only part of the cache key, so an edited
     # directory is read again.
     with _gc_paused():
@@ -285,13 +290,15 @@ class Tokenizer:
         specials_in_text: Optional[frozenset[str]] = None,
         eos_token: str = ENDOFTEXT,
         source: Optional[str] = None,
+        token_ids: Optional[frozenset[int]] = None,
     ):
         """Wrap a tiktoken Encoding. `specials_in_text`: the special tokens that `encode`
-        recognises in text by default (all of the encoding's, if None)."""
-        if eos_token not in encoding._special_tokens:
+        recognises in text by default (all of the encoding's, if None). `token_ids`: every id
+        that is a token, when the vocabulary skips some (None: every id below `n_vocab`)."""
+        if eos_token not in encoding.special_tokens_set:
             raise ValueError(
                 f"the vocabulary has no special token {eos_token!r}; special tokens: "
-                f"{sorted(encoding._special_tokens)}"
+                f"{sorted(encoding.special_tokens_set)}"
             )
         self._encoding = encoding
         all_specials = encoding.special_tokens_set
@@ -305,12 +312,11 @@ class Tokenizer:
         self.eos_token: str = eos_token
         self.bos_token: str = eos_token
         self.pad_token: str = eos_token
-        self.eos_token_id: int = encoding._special_tokens[eos_token]
+        self.eos_token_id: int = encoding.encode_single_token(eos_token)
         self.bos_token_id: int = self.eos_token_id
         self.pad_token_id: int = self.eos_token_id
-        n_tokens = len(encoding._mergeable_ranks) + len(encoding._special_token_values)
         # Whether every id in [0, vocab_size) is a token (true for GPT-2); if not, we check membership.
-        self._ids_contiguous = n_tokens == self.vocab_size
+        self._valid_ids = token_ids if token_ids is not None and len(token_ids) != self.vocab_size else None
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -328,8 +334,8 @@ class Tokenizer:
         files looked for when neither is there.
         """
         directory = Path(path).expanduser().resolve()
-        encoding, specials_in_text = _directory_encoding(str(directory), _directory_signature(directory))
-        return cls(encoding, specials_in_text, _eos_token_of(directory, encoding), source=str(directory))
+        encoding, specials_in_text, token_ids = _directory_encoding(str(directory), _directory_signature(directory))
+        return cls(encoding, specials_in_text, _eos_token_of(directory, encoding), source=str(directory), token_ids=token_ids)
 
     def __reduce__(self):
         # Pickle by reference: unpickling rebuilds (or reuses the cached) vocabulary.
@@ -406,16 +412,14 @@ class Tokenizer:
 
         Raises KeyError when the string is not a single token.
         """
-        if isinstance(token, str) and token in self._encoding._special_tokens:
-            return self._encoding._special_tokens[token]
-        token_bytes = token.encode("utf-8") if isinstance(token, str) else token
-        rank = self._encoding._mergeable_ranks.get(token_bytes)
-        if rank is None:
+        try:
+            return self._encoding.encode_single_token(token)  # a special token's text, or a token's bytes
+        except KeyError:
+            token_bytes = token.encode("utf-8") if isinstance(token, str) else token
             raise KeyError(
                 f"{token!r} is not a token in the vocabulary; it encodes as "
                 f"{self.decode_tokens(self._encoding.encode_ordinary(token_bytes.decode('utf-8', 'replace')))}"
-            )
-        return rank
+            ) from None
 
     def id_to_token(self, token_id: int) -> str:
         """The text of one token id (replacement characters where it is not valid UTF-8 alone)."""
@@ -454,26 +458,20 @@ class Tokenizer:
         if min(id_list) < 0 or max(id_list) >= self.vocab_size:
             bad = next(i for i in id_list if not 0 <= i < self.vocab_size)
             raise ValueError(f"token id {bad} is out of range: valid ids are 0 to {self.vocab_size - 1}")
-        if not self._ids_contiguous:
-            valid = self._valid_ids
+        if self._valid_ids is not None:
             for i in id_list:
-                if i not in valid:
+                if i not in self._valid_ids:
                     raise ValueError(f"token id {i} is not in the vocabulary (ids range over 0 to {self.vocab_size - 1})")
-
-    @functools.cached_property
-    def _valid_ids(self) -> frozenset:
-        return frozenset(self._encoding._mergeable_ranks.values()) | self._encoding._special_token_values
 
 
 @functools.lru_cache(maxsize=None)
 def _gpt2_tokenizer() -> Tokenizer:
-    encoding, specials_in_text = _gpt2_encoding()
-    return Tokenizer(encoding, specials_in_text)
+    return Tokenizer(_gpt2_encoding(), frozenset({ENDOFTEXT}))
 
 
 def _eos_token_of(directory: Path, encoding: tiktoken.Encoding) -> str:
     """"<|endoftext|>" when the vocabulary has it, else the eos_token of tokenizer_config.json."""
-    if ENDOFTEXT in encoding._special_tokens:
+    if ENDOFTEXT in encoding.special_tokens_set:
         return ENDOFTEXT
     config = directory / "tokenizer_config.json"
     if config.is_file():
