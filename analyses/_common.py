@@ -79,6 +79,8 @@ def position_list(positions: Union[None, int, Sequence[int], Tensor], seq_len: i
         positions = positions.flatten().tolist()
     if isinstance(positions, int):
         positions = [positions]
+    if not isinstance(positions, (list, tuple, range)):
+        raise ArgumentTypeError(f"{what}: expected a position (int), a list of positions or None, got {type(positions).__name__} {positions!r}")
     out = []
     for p in positions:
         if isinstance(p, bool) or not isinstance(p, int):
@@ -86,6 +88,8 @@ def position_list(positions: Union[None, int, Sequence[int], Tensor], seq_len: i
         if not -seq_len <= p < seq_len:
             raise IndexRangeError(f"{what}: position {p} is out of range for a sequence of {seq_len} tokens")
         out.append(p % seq_len)
+    if not out:
+        raise ArgumentError(f"{what}: got an empty list of positions (pass None for all of them)")
     return out
 
 

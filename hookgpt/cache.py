@@ -154,7 +154,7 @@ class ActivationCache:
             return t[..., pos_slice, :]
         if isinstance(pos_slice, int):
             pos_slice = [pos_slice]
-        index = torch.as_tensor(pos_slice, device=t.device) % t.shape[-2]  # negative positions count from the end
+        index = torch.as_tensor(pos_slice, dtype=torch.long, device=t.device) % t.shape[-2]  # negative positions count from the end
         return t.index_select(t.ndim - 2, index)
 
     def accumulated_resid(

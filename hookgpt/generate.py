@@ -176,6 +176,7 @@ def generate(
         columns are added when every row stops early.
     """
     _check_options(max_new_tokens, temperature, top_k, top_p, do_sample, return_type, seed)
+    temperature, top_p = float(temperature), None if top_p is None else float(top_p)  # 1 -> 1.0
     text_input = isinstance(input, (str, list))
     tokens, mask = _prompt_tokens(model, input, prepend_bos, attention_mask)
     tokens, mask = _fit_context(model, tokens, mask, max_new_tokens, truncate)
@@ -242,6 +243,8 @@ def _prompt_tokens(
         return tokens.to(model.device), mask.to(model.device)
     if not isinstance(input, Tensor):
         raise ArgumentTypeError(f"input: expected a string, a list of strings or a tensor of token ids, got {type(input).__name__}")
+    if input.is_floating_point() or input.is_complex() or input.dtype == torch.bool:
+        raise ArgumentTypeError(f"input: token ids must be an integer tensor, got {input.dtype}")
     if input.ndim not in (1, 2):
         raise ArgumentError(f"input: token ids must have shape [pos] or [batch, pos], got shape {tuple(input.shape)}")
     tokens = input[None] if input.ndim == 1 else input
@@ -270,7 +273,7 @@ def _fit_context(
     return tokens[:, -keep:], None if mask is None else mask[:, -keep:]
 
 
-def _eos_ids(model: HookedGPT, eos_token_id: Union[int, list[int], None]) -> Optional[list[int]]:
+def _eos_ids(model: HookedGPT, eos_token_id: Any) -> Optional[list[int]]:
     """The EOS ids to stop at: as given, else the tokenizer's (None when the model has none)."""
     if eos_token_id is not None:
         ids = [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id

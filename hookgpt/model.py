@@ -28,8 +28,11 @@ from hookgpt.kv_cache import KVCache
 # a message saying what was expected rather than a type-checker dump. The accepted forms are text,
 # a list of texts, token ids [batch, pos] or [pos], or (with start_at_layer) a residual stream
 # [batch, pos, d_model]; return types "logits", "loss", "both" or None.
-ReturnType = Optional[str]
-ModelInput = Union[str, list[str], Tensor]
+ReturnType = Any  # "logits", "loss", "both" or None
+ModelInput = Any  # text, a list of texts, token ids [batch, pos] / [pos], or a residual stream
+MaskInput = Any  # None, or [batch, pos] of 0s and 1s: a tensor, an array or nested lists
+LayerInput = Any  # None or an int
+CacheInput = Any  # None or a KVCache
 
 
 class HookedGPT(HookedRootModule):
@@ -87,7 +90,7 @@ class HookedGPT(HookedRootModule):
         """The tokenizer (GPT-2's BPE, shipped with the package, unless another was given)."""
         if self._tokenizer is None:
             if self.cfg.d_vocab < 50257:
-                raise ValueError(
+                raise ArgumentError(
                     f"this model has d_vocab={self.cfg.d_vocab}, smaller than GPT-2's 50257 tokens; "
                     "pass a matching tokenizer (HookedGPT(cfg, tokenizer=...)) or feed token ids"
                 )
@@ -138,11 +141,11 @@ class HookedGPT(HookedRootModule):
         loss_per_token: bool = False,
         prepend_bos: bool = True,
         padding_side: str = "right",
-        attention_mask: Optional[Int[Tensor, "batch pos"]] = None,
-        start_at_layer: Optional[int] = None,
-        stop_at_layer: Optional[int] = None,
+        attention_mask: MaskInput = None,
+        start_at_layer: LayerInput = None,
+        stop_at_layer: LayerInput = None,
         tokens: Optional[Int[Tensor, "batch pos"]] = None,
-        past_kv_cache: Optional[KVCache] = None,
+        past_kv_cache: CacheInput = None,
     ) -> Any:
         """Run the model.
 

@@ -41,6 +41,8 @@ import tiktoken.load
 import torch
 from jaxtyping import Int
 
+from hookgpt.errors import ArgumentError, ArgumentTypeError
+
 # The pre-tokenization regex of GPT-2 (tiktoken's `r50k_pat_str`). It is the same pattern as
 # OpenAI's encoder.py / Hugging Face's ByteLevel pre-tokenizer, written with possessive
 # quantifiers so the regex engine never backtracks into a word.
@@ -135,7 +137,7 @@ def _build_encoding(
     mergeable_ranks: dict[bytes, int] = {}
     for char in bytes_to_unicode().values():
         if char not in vocab:
-            raise ValueError(
+            raise ArgumentError(
                 f"{name}: not a byte-level BPE vocabulary: the single-byte token {char!r} is missing"
             )
         mergeable_ranks[_token_string_to_bytes(char)] = vocab[char]
@@ -144,15 +146,15 @@ def _build_encoding(
     for first, second in merges:
         merged = first + second
         if merged not in vocab:
-            raise ValueError(f"{name}: merge {first!r} + {second!r} gives {merged!r}, which is not in the vocabulary")
+            raise ArgumentError(f"{name}: merge {first!r} + {second!r} gives {merged!r}, which is not in the vocabulary")
         token_bytes = _token_string_to_bytes(merged)
         if token_bytes is None:
-            raise ValueError(f"{name}: merge result {merged!r} is not spelled in GPT-2's byte alphabet")
+            raise ArgumentError(f"{name}: merge result {merged!r} is not spelled in GPT-2's byte alphabet")
         if token_bytes in mergeable_ranks:
             continue  # the same string reached by another merge: keep the first (higher priority)
         rank = vocab[merged]
         if rank <= previous_rank:
-            raise ValueError(
+            raise ArgumentError(
                 f"{name}: token ids must increase with merge priority, but merge {first!r} + {second!r} "
                 f"-> id {rank} comes after {previous_merge!r} -> id {previous_rank}; "
                 "this vocabulary cannot be used with tiktoken"
@@ -182,7 +184,7 @@ def _parse_merges_text(text: str) -> list[tuple[str, str]]:
     merges = [tuple(line.split(" ")) for line in lines if line]
     for merge in merges:
         if len(merge) != 2:
-            raise ValueError(f"malformed merge line {' '.join(merge)!r}: expected two tokens separated by one space")
+            raise ArgumentError(f"malformed merge line {' '.join(merge)!r}: expected two tokens separated by one space")
     return merges
 
 
@@ -220,16 +222,16 @@ def _read_hf_directory(directory: Path) -> tuple[dict[str, int], list[tuple[str,
         data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
         model = data.get("model") or {}
         if model.get("type", "BPE") != "BPE" or "vocab" not in model or "merges" not in model:
-            raise ValueError(f"{tokenizer_json}: expected a BPE model with 'vocab' and 'merges'")
+            raise ArgumentError(f"{tokenizer_json}: expected a BPE model with 'vocab' and 'merges'")
         pre_tokenizer = data.get("pre_tokenizer") or {}
         if pre_tokenizer.get("type") == "ByteLevel" and pre_tokenizer.get("add_prefix_space"):
-            raise ValueError(f"{tokenizer_json}: add_prefix_space=True is not supported (GPT-2 uses False)")
+            raise ArgumentError(f"{tokenizer_json}: add_prefix_space=True is not supported (GPT-2 uses False)")
         merges = []
         for merge in model["merges"]:
             # Older files store "first second" strings, newer ones [first, second] pairs.
             pair = merge.split(" ") if isinstance(merge, str) else merge
             if len(pair) != 2:
-                raise ValueError(f"{tokenizer_json}: malformed merge {merge!r}")
+                raise ArgumentError(f"{tokenizer_json}: malformed merge {merge!r}")
             merges.append((pair[0], pair[1]))
         added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
         return model["vocab"], merges, added
@@ -296,7 +298,7 @@ class Tokenizer:
         recognises in text by default (all of the encoding's, if None). `token_ids`: every id
         that is a token, when the vocabulary skips some (None: every id below `n_vocab`)."""
         if eos_token not in encoding.special_tokens_set:
-            raise ValueError(
+            raise ArgumentError(
                 f"the vocabulary has no special token {eos_token!r}; special tokens: "
                 f"{sorted(encoding.special_tokens_set)}"
             )
@@ -366,7 +368,7 @@ class Tokenizer:
     ) -> list[list[int]]:
         """`encode` for each text; long batches are encoded on several threads."""
         if isinstance(texts, str):
-            raise TypeError("encode_batch expects a list of strings, got a single str (use encode)")
+            raise ArgumentTypeError("encode_batch expects a list of strings, got a single str (use encode)")
         allowed = self._allowed(allowed_special)
         if len(texts) < 16:  # a thread pool costs more than it saves on a handful of texts
             return [self._encoding.encode(t, allowed_special=allowed, disallowed_special=()) for t in texts]
@@ -377,13 +379,13 @@ class Tokenizer:
     ) -> Union[Literal["all"], set[str], frozenset[str]]:
         if isinstance(allowed_special, str):
             if allowed_special != "all":
-                raise ValueError(
+                raise ArgumentError(
                     f"allowed_special must be 'all' or a collection of special tokens, got {allowed_special!r}"
                 )
             return self._allowed_by_default
         unknown = set(allowed_special) - self._encoding.special_tokens_set
         if unknown:
-            raise ValueError(
+            raise ArgumentError(
                 f"unknown special tokens {sorted(unknown)}; valid: {sorted(self._encoding.special_tokens_set)}"
             )
         return set(allowed_special)
@@ -434,9 +436,9 @@ class Tokenizer:
                 else np.issubdtype(ids.dtype, np.integer)
             )
             if not is_int:
-                raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
+                raise ArgumentTypeError(f"token ids must be integers, got dtype {ids.dtype}")
             if ids.ndim > 1:
-                raise ValueError(
+                raise ArgumentError(
                     f"expected a 1-D sequence of token ids, got shape {tuple(ids.shape)}; "
                     "use to_string for a batch"
                 )
@@ -447,7 +449,7 @@ class Tokenizer:
             id_list = list(ids)
             for i in id_list:
                 if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
-                    raise TypeError(f"token ids must be integers, got {type(i).__name__} {i!r}")
+                    raise ArgumentTypeError(f"token ids must be integers, got {type(i).__name__} {i!r}")
             id_list = [int(i) for i in id_list]
         self._check_ids(id_list)
         return id_list
@@ -457,11 +459,11 @@ class Tokenizer:
             return
         if min(id_list) < 0 or max(id_list) >= self.vocab_size:
             bad = next(i for i in id_list if not 0 <= i < self.vocab_size)
-            raise ValueError(f"token id {bad} is out of range: valid ids are 0 to {self.vocab_size - 1}")
+            raise ArgumentError(f"token id {bad} is out of range: valid ids are 0 to {self.vocab_size - 1}")
         if self._valid_ids is not None:
             for i in id_list:
                 if i not in self._valid_ids:
-                    raise ValueError(f"token id {i} is not in the vocabulary (ids range over 0 to {self.vocab_size - 1})")
+                    raise ArgumentError(f"token id {i} is not in the vocabulary (ids range over 0 to {self.vocab_size - 1})")
 
 
 @functools.lru_cache(maxsize=None)
@@ -480,7 +482,7 @@ def _eos_token_of(directory: Path, encoding: tiktoken.Encoding) -> str:
             eos = eos.get("content")
         if isinstance(eos, str):
             return eos
-    raise ValueError(
+    raise ArgumentError(
         f"{directory}: the vocabulary has no {ENDOFTEXT!r} token and tokenizer_config.json names no eos_token"
     )
 
@@ -505,15 +507,15 @@ def to_tokens_with_mask(
     included) is cut to its first `max_length` tokens; shorter batches are not padded up to it.
     """
     if padding_side not in PADDING_SIDES:
-        raise ValueError(f"padding_side must be one of {list(PADDING_SIDES)}, got {padding_side!r}")
+        raise ArgumentError(f"padding_side must be one of {list(PADDING_SIDES)}, got {padding_side!r}")
     if max_length is not None and max_length < 1:
-        raise ValueError(f"max_length must be a positive number of tokens, got {max_length}")
+        raise ArgumentError(f"max_length must be a positive number of tokens, got {max_length}")
     texts = [input] if isinstance(input, str) else list(input)
     if not texts:
-        raise ValueError("cannot tokenize an empty list of strings")
+        raise ArgumentError("input: cannot tokenize an empty list of strings")
     for text in texts:
         if not isinstance(text, str):
-            raise TypeError(f"expected strings to tokenize, got {type(text).__name__} {text!r}")
+            raise ArgumentTypeError(f"input: expected a string or a list of strings to tokenize, got {type(text).__name__} {text!r}")
 
     bos = [tokenizer.bos_token_id] if prepend_bos else []
     sequences = [(bos + ids)[:max_length] for ids in tokenizer.encode_batch(texts)]
@@ -553,7 +555,7 @@ def to_string(
         if tokens.ndim == 2:
             return [tokenizer.decode(row) for row in tokens]
         if tokens.ndim > 2:
-            raise ValueError(f"expected token ids of shape [pos] or [batch, pos], got {tuple(tokens.shape)}")
+            raise ArgumentError(f"expected token ids of shape [pos] or [batch, pos], got {tuple(tokens.shape)}")
         return tokenizer.decode(tokens)
     tokens = list(tokens)
     if tokens and not isinstance(tokens[0], (int, np.integer)):
@@ -567,7 +569,7 @@ def _as_1d_ids(tokens: TokenIds, what: str) -> list[int]:
         if tokens.ndim == 2 and tokens.shape[0] == 1:
             tokens = tokens[0]
         if tokens.ndim != 1:
-            raise ValueError(f"{what} expects token ids of shape [pos] or [1, pos], got {tuple(tokens.shape)}")
+            raise ArgumentError(f"{what} expects token ids of shape [pos] or [1, pos], got {tuple(tokens.shape)}")
         return [int(i) for i in tokens.tolist()]
     return [int(i) for i in tokens]
 
@@ -594,7 +596,7 @@ def to_single_token(tokenizer: Tokenizer, string: str) -> int:
     """The id of a string that is exactly one token (" world" -> 995); ValueError otherwise."""
     ids = tokenizer.encode(string)
     if len(ids) != 1:
-        raise ValueError(
+        raise ArgumentError(
             f"{string!r} is {len(ids)} tokens, not a single token: {tokenizer.decode_tokens(ids)} (ids {ids})"
         )
     return ids[0]
@@ -611,7 +613,7 @@ def get_token_position(
     with BOS when `prepend_bos`, or 1-D ids). `mode` picks the first or last occurrence.
     """
     if mode not in ("first", "last"):
-        raise ValueError(f"mode must be one of ['first', 'last'], got {mode!r}")
+        raise ArgumentError(f"mode must be one of ['first', 'last'], got {mode!r}")
     if isinstance(single_token, str):
         token_id = to_single_token(tokenizer, single_token)
     else:
@@ -623,7 +625,7 @@ def get_token_position(
         ids = _as_1d_ids(input, "get_token_position")
     positions = [pos for pos, i in enumerate(ids) if i == token_id]
     if not positions:
-        raise ValueError(
+        raise ArgumentError(
             f"token {tokenizer.id_to_token(token_id)!r} (id {token_id}) does not occur in the input "
             f"{tokenizer.decode_tokens(ids)}"
         )
