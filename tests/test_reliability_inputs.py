@@ -8,6 +8,8 @@ the second throws random bad inputs at the same functions with hypothesis.
 
 import math
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +41,23 @@ def model():
 @pytest.fixture(scope="module")
 def tokens():
     return torch.randint(0, 1000, (2, 6), generator=torch.Generator().manual_seed(0))
+
+
+_SCRATCH: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def scratch_dir(tmp_path_factory):
+    _SCRATCH["dir"] = tmp_path_factory.mktemp("scratch")
+    yield
+    _SCRATCH.clear()
+
+
+def scratch():
+    """A folder for the collect calls (under pytest's tmp, never a fixed path)."""
+    if "dir" not in _SCRATCH:  # the table used outside pytest
+        _SCRATCH["dir"] = Path(tempfile.mkdtemp(prefix="hookgpt-scratch-"))
+    return _SCRATCH["dir"] / "acts"
 
 
 def replace_with(value):
@@ -83,7 +102,7 @@ CASES = [
     ("names_filter list with a typo", lambda m, t: m.run_with_cache(t, names_filter=["hook_embed", "blocks.9.hook_resid_pre"]), UnknownNameError, "blocks.9.hook_resid_pre"),
     ("names_filter an int", lambda m, t: m.run_with_cache(t, names_filter=3), ArgumentTypeError, "names_filter must be"),
     ("hooks() with a typo", lambda m, t: m.hooks(fwd_hooks=[("hook_embd", lambda a, hook: None)]).__enter__(), UnknownNameError, "hook_embed"),
-    ("collect with a typo", lambda m, t: collect.collect_activations(m, t, "blocks.0.hook_resid_prex", "/tmp/never-written"), UnknownNameError, "did you mean"),
+    ("collect with a typo", lambda m, t: collect.collect_activations(m, t, "blocks.0.hook_resid_prex", scratch()), UnknownNameError, "did you mean"),
     ("bwd_hooks under no_grad", lambda m, t: torch.no_grad()(m.run_with_hooks)(t, bwd_hooks=[("hook_embed", lambda g, hook: None)]), ArgumentError, "bwd_hooks cannot fire"),
     ("temperature nan", lambda m, t: generate(m, t, 2, do_sample=True, temperature=math.nan), ArgumentError, "temperature must be a finite number"),
     ("temperature 'hot'", lambda m, t: generate(m, t, 2, do_sample=True, temperature="hot"), ArgumentTypeError, "temperature must be a number"),
@@ -109,8 +128,8 @@ CASES = [
     ("attribution float position", lambda m, t: attribution.direct_logit_attribution(m, t, answer=1, positions=1.5), ArgumentTypeError, "positions: expected a position (int)"),
     ("attribution answer out of range", lambda m, t: attribution.direct_logit_attribution(m, t, answer=5000), ArgumentError, "token id 5000 is out of range"),
     ("attribution float answers", lambda m, t: attribution.direct_logit_attribution(m, t, answer=torch.tensor([1.0, 2.0])), ArgumentTypeError, "must be integers"),
-    ("collect float data", lambda m, t: collect.collect_activations(m, t.float(), "hook_embed", "/tmp/never-written"), ArgumentError, "data: token ids must be integers"),
-    ("collect batch_size 0", lambda m, t: collect.collect_activations(m, t, "hook_embed", "/tmp/never-written", batch_size=0), ArgumentError, "batch_size"),
+    ("collect float data", lambda m, t: collect.collect_activations(m, t.float(), "hook_embed", scratch()), ArgumentError, "data: token ids must be integers"),
+    ("collect batch_size 0", lambda m, t: collect.collect_activations(m, t, "hook_embed", scratch(), batch_size=0), ArgumentError, "batch_size"),
     ("GPTConfig field of the wrong type", lambda m, t: GPTConfig.from_dict({**TINY, "n_layers": "2"}), ArgumentTypeError, "GPTConfig.n_layers must be an integer, got str '2'"),
     ("preset typo", lambda m, t: GPTConfig.preset("gpt-2"), KeyError, "gpt2"),
 ]
@@ -293,7 +312,7 @@ def test_analyses_refuse_random_bad_input_clearly(model, tokens, data):
         data_arg = data.draw(st.sampled_from([tokens, tokens.float(), tokens[0], tokens.numpy().astype(np.float32), "x" * 3]))
         batch_size = data.draw(number)
         check(
-            lambda: collect.collect_activations(model, data_arg, "hook_embed", "/tmp/hookgpt-fuzz-collect", batch_size=batch_size, disable=True),
+            lambda: collect.collect_activations(model, data_arg, "hook_embed", scratch(), batch_size=batch_size, disable=True),
             {"data", "batch_size", "seq_len"},
         )
     assert no_hooks(model)
