@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from analyses._common import progress
-from hookgpt.atomic import atomic_write
+from hookgpt.atomic import atomic_write, remove_dead_temporaries
 from hookgpt.errors import ArgumentError
 
 DataSource = Union[Tensor, np.ndarray, str, os.PathLike]
@@ -196,6 +196,7 @@ def collect_activations(
         ).encode()
     ).hexdigest()
     _remove_stale_shards(out, prefix, collection)
+    remove_dead_temporaries(out)  # half-written shards of a killed run
 
     paths = []
     shard_starts = list(range(first, last, rows_per_shard))

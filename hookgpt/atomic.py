@@ -15,7 +15,10 @@ ends, every file in it is fsynced and the two directories are swapped:
    backup is deleted. Between the two renames `path` is missing; `recover_directory(path)`
    (run by every later save and by loading) puts the backup back if a kill struck right there.
 
-Temporary names carry the writer's process id (`.ckpt.tmp-1234-x7q`, `.ckpt.old-1234-x7q`), so a
+A process killed inside `atomic_write` leaves its temporary file (`.out.bin.pid1234-x7q.tmp`);
+`remove_dead_temporaries(folder)` deletes those of processes that are gone.
+
+Temporary directory names carry the writer's process id (`.ckpt.tmp-1234-x7q`, `.ckpt.old-1234-x7q`), so a
 later save removes those of a process that died (a kill never leaves hundreds of MB behind) and
 leaves those of a save still running alone. Entries of the old directory that the new contents
 do not replace (say a `notes.txt`) are carried over, as hard links.
@@ -42,6 +45,18 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _fsync_path(path: Path) -> None:
@@ -85,7 +100,7 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         _make_parents(path)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.pid{os.getpid()}-", suffix=".tmp")
     except OSError as e:
         raise _naming_the_target(e, path) from e
     os.close(fd)
@@ -102,6 +117,19 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_dead_temporaries(directory: PathLike) -> list[Path]:
+    """Delete the temporary files `atomic_write` left in `directory` when its process was killed
+    (`.name.pid1234-….tmp` of a process that no longer runs); returns what was removed. Run it
+    once before writing many files into a folder (as `analyses.collect` does)."""
+    removed = []
+    for path in Path(directory).glob(".*.pid*-*.tmp"):
+        match = re.match(r"^\..+\.pid(\d+)-[^/]*\.tmp$", path.name)
+        if match and not _process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
@@ -142,18 +170,6 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def _temporary_names(directory: Path) -> re.Pattern:
     return re.compile(rf"^\.{re.escape(directory.name)}\.(tmp|old)-(\d+)-")
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def recover_directory(directory: PathLike) -> None:

@@ -250,3 +250,70 @@ def test_unwritable_target_is_named(small_tmpfs, tmp_path):
         save_pretrained(small_model(0), tmp_path / "a-file" / "ckpt")
     with pytest.raises(NotADirectoryError, match="it is a file"):
         save_pretrained(small_model(0), tmp_path / "a-file")
+
+
+# ---------------------------------------------------------------------------------------------
+# analyses.collect: shards of another collection are replaced, never mixed in
+# ---------------------------------------------------------------------------------------------
+
+
+def _collected(model, data, out, **kwargs):
+    from analyses.collect import collect_activations, load_activations
+
+    collect_activations(model, data, "blocks.0.hook_resid_post", out, rows_per_shard=4, disable=True, **kwargs)
+    return load_activations(out)
+
+
+def _expected(model, data):
+    with torch.no_grad():
+        _, cache = model.run_with_cache(data, names_filter="blocks.0.hook_resid_post")
+    return cache["blocks.0.hook_resid_post"]
+
+
+@pytest.mark.parametrize("change", ["model with the same name", "dataset", "dtype", "row count"])
+def test_collect_never_reuses_shards_of_another_collection(tmp_path, change):
+    data = torch.randint(0, 100, (10, 8), generator=torch.Generator().manual_seed(0))
+    model = small_model(0)
+    out = tmp_path / "acts"
+    _collected(model, data, out)
+    kwargs = {}
+    if change == "model with the same name":
+        model = small_model(1)  # same config, model_name "custom": the old metadata could not tell
+    elif change == "dataset":
+        data = torch.randint(0, 100, (10, 8), generator=torch.Generator().manual_seed(1))
+    elif change == "dtype":
+        kwargs["dtype"] = torch.float16
+    else:
+        data = data[:6]  # fewer rows: the old run's last shard must not survive
+    acts = _collected(model, data, out, **kwargs)
+    assert torch.equal(acts["tokens"], data) and torch.equal(acts["row_index"], torch.arange(data.shape[0]))
+    expected = _expected(model, data).to(kwargs.get("dtype", torch.float32))
+    assert acts["blocks.0.hook_resid_post"].dtype == expected.dtype
+    torch.testing.assert_close(acts["blocks.0.hook_resid_post"], expected, atol=1e-3, rtol=1e-3)
+
+
+def test_load_activations_refuses_shards_of_two_collections(tmp_path):
+    from analyses.collect import collect_activations, load_activations
+
+    data = torch.randint(0, 100, (8, 8), generator=torch.Generator().manual_seed(0))
+    a = collect_activations(small_model(0), data, "hook_embed", tmp_path / "a", rows_per_shard=4, disable=True)
+    b = collect_activations(small_model(1), data, "hook_embed", tmp_path / "b", rows_per_shard=4, disable=True)
+    with pytest.raises(ArgumentError, match="different collections"):
+        load_activations([a[0], b[1]])
+
+
+def test_collect_skips_only_shards_holding_the_same_rows_and_removes_dead_temporaries(tmp_path):
+    from analyses.collect import collect_activations
+
+    data = torch.randint(0, 100, (8, 8), generator=torch.Generator().manual_seed(0))
+    model = small_model(0)
+    paths = collect_activations(model, data, "hook_embed", tmp_path, rows_per_shard=4, disable=True)
+    stamps = [p.stat().st_mtime_ns for p in paths]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / f".activations-00001.safetensors.pid{int(dead.stdout)}-abc.tmp"
+    leftover.write_bytes(b"x" * 1000)  # a shard write killed half-way
+    live = tmp_path / f".activations-00001.safetensors.pid{os.getppid()}-abc.tmp"
+    live.write_bytes(b"x")
+    again = collect_activations(model, data, "hook_embed", tmp_path, rows_per_shard=4, disable=True)
+    assert [p.stat().st_mtime_ns for p in again] == stamps  # same collection, same rows: skipped
+    assert not leftover.exists() and live.exists()
