@@ -326,14 +326,17 @@ class HookedRootModule(nn.Module):
         but stay live for the graph of this run, as TransformerLens's `reset_hooks_end=False`
         intends. Under `torch.no_grad()` they could never fire, so that is an error.
         """
-        if _hook_pairs(bwd_hooks, "bwd_hooks") and not torch.is_grad_enabled():
+        bwd_pairs = _hook_pairs(bwd_hooks, "bwd_hooks")
+        if bwd_pairs and not torch.is_grad_enabled():
             raise ArgumentError(
                 "bwd_hooks cannot fire: gradients are disabled here (torch.no_grad() or inference_mode), "
                 "so no backward pass will run on this forward's output"
             )
         with self.hooks(fwd_hooks, reset_hooks_end=reset_hooks_end):
-            bwd_handles = [h for name, fn in _hook_pairs(bwd_hooks, "bwd_hooks") for h in self.add_hook(name, fn, dir="bwd")]
+            bwd_handles: list[HookHandle] = []
             try:
+                for name, fn in bwd_pairs:
+                    bwd_handles += self.add_hook(name, fn, dir="bwd")
                 return self(*model_args, **model_kwargs)
             finally:
                 if reset_hooks_end:

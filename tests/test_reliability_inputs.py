@@ -103,6 +103,7 @@ CASES = [
     ("names_filter an int", lambda m, t: m.run_with_cache(t, names_filter=3), ArgumentTypeError, "names_filter must be"),
     ("hooks() with a typo", lambda m, t: m.hooks(fwd_hooks=[("hook_embd", lambda a, hook: None)]).__enter__(), UnknownNameError, "hook_embed"),
     ("collect with a typo", lambda m, t: collect.collect_activations(m, t, "blocks.0.hook_resid_prex", scratch()), UnknownNameError, "did you mean"),
+    ("bwd_hooks with a typo after a good one", lambda m, t: m.run_with_hooks(t, bwd_hooks=[("hook_embed", lambda g, hook: None), ("hook_embd", lambda g, hook: None)]), UnknownNameError, "hook_embd"),
     ("bwd_hooks under no_grad", lambda m, t: torch.no_grad()(m.run_with_hooks)(t, bwd_hooks=[("hook_embed", lambda g, hook: None)]), ArgumentError, "bwd_hooks cannot fire"),
     ("temperature nan", lambda m, t: generate(m, t, 2, do_sample=True, temperature=math.nan), ArgumentError, "temperature must be a finite number"),
     ("temperature 'hot'", lambda m, t: generate(m, t, 2, do_sample=True, temperature="hot"), ArgumentTypeError, "temperature must be a number"),
