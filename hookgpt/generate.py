@@ -22,6 +22,7 @@ Three refinements make it practical:
 """
 
 import math
+import numbers
 from collections.abc import Iterator
 from typing import Any, Optional, Union
 
@@ -38,7 +39,7 @@ from hookgpt.model import HookedGPT, _checked_mask
 # `generate` checks its arguments itself (`_check_options`, `_prompt_tokens`), so the boundary
 # types are broad: a wrong value gets a message naming the argument, not a type-checker dump.
 Prompt = Any  # a string, a list of strings, or token ids [batch, pos] / [pos]
-Number = Any  # an int or a float
+Number = Any  # an int or a float (or None where the option allows it)
 OptionalInt = Any  # an int or None
 GenerateOutput = Union[str, list[str], Int[Tensor, "batch all_pos"], Int[Tensor, "all_pos"]]  # prompt + new tokens
 StreamPiece = Union[str, list[str], Int[Tensor, "batch"]]
@@ -137,7 +138,7 @@ def generate(
     max_new_tokens: Any = 10,
     temperature: Number = 1.0,
     top_k: OptionalInt = None,
-    top_p: Optional[Number] = None,
+    top_p: Number = None,
     do_sample: bool = False,
     eos_token_id: Any = None,
     stop_at_eos: bool = True,
@@ -177,6 +178,7 @@ def generate(
     """
     _check_options(max_new_tokens, temperature, top_k, top_p, do_sample, return_type, seed)
     temperature, top_p = float(temperature), None if top_p is None else float(top_p)  # 1 -> 1.0
+    max_new_tokens, top_k = int(max_new_tokens), None if top_k is None else int(top_k)  # numpy ints too
     text_input = isinstance(input, (str, list))
     tokens, mask = _prompt_tokens(model, input, prepend_bos, attention_mask)
     tokens, mask = _fit_context(model, tokens, mask, max_new_tokens, truncate)
@@ -210,23 +212,31 @@ def generate(
     return out[0] if isinstance(input, Tensor) and input.ndim == 1 else out
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _check_options(
     max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any, do_sample: Any, return_type: Any, seed: Any = None
 ) -> None:
     """Every sampling option has the right type and range, before any compute."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ArgumentError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+    if not _is_number(temperature):
         raise ArgumentTypeError(f"temperature must be a number >= 0 (0 means greedy), got {type(temperature).__name__} {temperature!r}")
     if not math.isfinite(temperature) or temperature < 0:
         raise ArgumentError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ArgumentError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
         raise ArgumentError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
     if not isinstance(do_sample, bool):
         raise ArgumentTypeError(f"do_sample must be True or False, got {do_sample!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+    if seed is not None and not _is_int(seed):
         raise ArgumentTypeError(f"seed must be an integer or None, got {seed!r}")
     if return_type not in RETURN_TYPES:
         raise ArgumentError(f"return_type must be one of {list(RETURN_TYPES)}, got {return_type!r}")

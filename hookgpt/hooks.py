@@ -14,7 +14,7 @@ pass raises.
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterator, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Collection, Iterator, Literal, Optional, Union
 
 import torch
 from torch import Tensor, nn

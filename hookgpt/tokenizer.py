@@ -28,7 +28,6 @@ methods, with the TransformerLens names and defaults.
 import contextlib
 import functools
 import gc
-import gzip
 import json
 import os
 from collections.abc import Collection, Sequence
