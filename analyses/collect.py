@@ -32,12 +32,13 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from analyses._common import progress
 from hookgpt.atomic import atomic_write, remove_dead_temporaries
 from hookgpt.errors import ArgumentError
+from hookgpt.loading import write_safetensors
 
 DataSource = Union[Tensor, np.ndarray, str, os.PathLike]
 NamesFilter = Any  # as `run_with_cache`: a name, a list of names, or a function name -> bool
@@ -87,7 +88,7 @@ def _stop_layer(model: Any, names: list[str]) -> Optional[int]:
 
 def _write_atomic(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
     with atomic_write(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        write_safetensors(tensors, tmp, metadata=metadata)
 
 
 def model_fingerprint(model: Any) -> str:

@@ -540,13 +540,15 @@ def is_model_file(name: str) -> bool:
     )
 
 
-def _write_safetensors(state_dict: dict[str, Tensor], path: Path) -> None:
+def write_safetensors(state_dict: dict[str, Tensor], path: PathLike, metadata: Optional[dict[str, str]] = None) -> None:
+    """`safetensors.torch.save_file`, raising an I/O failure (a full disk) as the `OSError` it is
+    rather than safetensors' own error type."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}, str(path), metadata={"format": "pt"})
-    except SafetensorError as e:  # an I/O error (a full disk) as the OSError it is
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}, str(path), metadata=metadata or {"format": "pt"})
+    except SafetensorError as e:
         code = re.search(r"os error (\d+)", str(e))
         if code is None:
             raise
@@ -573,7 +575,7 @@ def _save(model: HookedGPT, directory: PathLike, state_dict: dict[str, Tensor], 
     new one, complete; files of an older model (a stray `vocab.json`) never survive, files that
     are not the model's (`notes.txt`) do."""
     with atomic_directory(directory, replaced=is_model_file) as tmp:
-        _write_safetensors(state_dict, tmp / WEIGHTS_FILE)
+        write_safetensors(state_dict, tmp / WEIGHTS_FILE)
         _copy_tokenizer_files(model, tmp)
         _write_json(config, tmp / CONFIG_FILE)
 

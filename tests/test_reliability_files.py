@@ -241,6 +241,27 @@ def test_enospc_leaves_the_old_model_and_no_temporaries(small_tmpfs):
     assert torch.equal(weights_of(target), small_model(2).embed.W_E.detach())
 
 
+def test_enospc_while_collecting_names_the_shard_and_leaves_no_temporary(small_tmpfs):
+    from analyses.collect import collect_activations
+
+    disk = small_tmpfs("size=64k")
+    data = torch.randint(0, 100, (64, 16), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(OSError) as info:
+        collect_activations(small_model(0), data, "blocks.0.hook_resid_post", disk / "acts", rows_per_shard=64, disable=True)
+    assert info.value.errno == 28 and "activations-00000.safetensors" in str(info.value) and ".tmp" not in str(info.value)
+    assert list((disk / "acts").iterdir()) == []
+
+
+def test_truncated_activation_shard_is_named(tmp_path):
+    from analyses.collect import collect_activations, load_activations
+
+    data = torch.randint(0, 100, (8, 8), generator=torch.Generator().manual_seed(0))
+    paths = collect_activations(small_model(0), data, "hook_embed", tmp_path, rows_per_shard=4, disable=True)
+    paths[1].write_bytes(paths[1].read_bytes()[:-50])
+    with pytest.raises(ArgumentError, match="activations-00001.safetensors is not a readable safetensors shard"):
+        load_activations(tmp_path)
+
+
 def test_enospc_on_a_single_file_names_the_file(small_tmpfs):
     disk = small_tmpfs("size=64k")
     with pytest.raises(OSError) as info:
