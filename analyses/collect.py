@@ -37,7 +37,7 @@ from torch import Tensor
 
 from analyses._common import progress
 from hookgpt.atomic import atomic_write, remove_dead_temporaries
-from hookgpt.errors import ArgumentError
+from hookgpt.errors import ArgumentError, UnknownNameError
 from hookgpt.loading import write_safetensors
 
 DataSource = Union[Tensor, np.ndarray, str, os.PathLike]
@@ -276,7 +276,7 @@ def iter_activation_shards(
         if names is not None:
             missing = set(names) - set(shard)
             if missing:
-                raise KeyError(f"{path} has no {sorted(missing)}; it holds {sorted(shard)}")
+                raise UnknownNameError(f"{path} has no {sorted(missing)}; it holds {sorted(shard)}")
             shard = {k: v for k, v in shard.items() if k in set(names) | {"tokens", "row_index"}}
         yield shard
 
