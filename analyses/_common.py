@@ -8,6 +8,8 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm import tqdm  # text bars: work in terminals and notebooks alike, no ipywidgets needed
 
+from hookgpt.errors import ArgumentError, ArgumentTypeError, IndexRangeError
+
 TokensLike = Union[str, list[str], Tensor]
 
 
@@ -17,15 +19,16 @@ def as_tokens(model: Any, input: TokensLike) -> Int[Tensor, "batch pos"]:
     if isinstance(input, (str, list)):
         return model.to_tokens(input)
     if not isinstance(input, Tensor):
-        raise TypeError(f"expected text or a tensor of token ids, got {type(input).__name__}")
-    if input.is_floating_point() or input.dtype == torch.bool:
-        raise TypeError(f"token ids must be an integer tensor, got {input.dtype}")
+        raise ArgumentTypeError(f"input: expected text or a tensor of token ids, got {type(input).__name__}")
+    if input.is_floating_point() or input.is_complex() or input.dtype == torch.bool:
+        raise ArgumentTypeError(f"input: token ids must be an integer tensor, got {input.dtype}")
     if input.ndim == 1:
         input = input[None]
-    if input.ndim != 2:
-        raise ValueError(f"token ids must have shape [batch, pos] or [pos], got {tuple(input.shape)}")
-    if input.numel() and (int(input.min()) < 0 or int(input.max()) >= model.cfg.d_vocab):
-        raise ValueError(f"token ids must lie in [0, d_vocab={model.cfg.d_vocab}), got {int(input.min())}..{int(input.max())}")
+    if input.ndim != 2 or 0 in input.shape:
+        raise ArgumentError(f"input: token ids must have shape [batch, pos] or [pos] with at least one token, got {tuple(input.shape)}")
+    input = input.long()
+    if int(input.min()) < 0 or int(input.max()) >= model.cfg.d_vocab:
+        raise ArgumentError(f"input: token ids must lie in [0, d_vocab={model.cfg.d_vocab}), got {int(input.min())}..{int(input.max())}")
     return input.to(model.device)
 
 
@@ -49,7 +52,21 @@ def token_id(model: Any, token: Union[int, str]) -> int:
     """One token id from an id or a string that is exactly one token."""
     if isinstance(token, str):
         return model.to_single_token(token)
-    return int(token)
+    if isinstance(token, bool) or not isinstance(token, int):
+        raise ArgumentTypeError(f"a token must be an id (int) or a one-token string, got {type(token).__name__} {token!r}")
+    if not 0 <= token < model.cfg.d_vocab:
+        raise ArgumentError(f"token id {token} is out of range for d_vocab={model.cfg.d_vocab}")
+    return token
+
+
+def check_count(value: Any, name: str, low: int = 1, high: Optional[int] = None) -> int:
+    """An integer argument in [low, high] (`k`, `seq_len`, `batch`, ...), or an error naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ArgumentError(f"{name} must be {bound}, got {value}")
+    return value
 
 
 def _index_list(values: Union[None, int, Sequence[int], Tensor], size: int, what: str, field: str) -> list[int]:
@@ -86,14 +103,22 @@ def position_list(positions: Union[None, int, Sequence[int], Tensor], seq_len: i
     if positions is None:
         return list(range(seq_len))
     if isinstance(positions, Tensor):
+        if positions.is_floating_point() or positions.dtype == torch.bool:
+            raise ArgumentTypeError(f"{what}: positions must be integers, got a {positions.dtype} tensor")
         positions = positions.flatten().tolist()
     if isinstance(positions, int):
         positions = [positions]
+    if not isinstance(positions, (list, tuple, range)):
+        raise ArgumentTypeError(f"{what}: expected a position (int), a list of positions or None, got {type(positions).__name__} {positions!r}")
     out = []
     for p in positions:
-        if not -seq_len <= int(p) < seq_len:
-            raise IndexError(f"{what}: position {p} is out of range for a sequence of {seq_len} tokens")
-        out.append(int(p) % seq_len)
+        if isinstance(p, bool) or not isinstance(p, int):
+            raise ArgumentTypeError(f"{what}: positions must be integers, got {type(p).__name__} {p!r}")
+        if not -seq_len <= p < seq_len:
+            raise IndexRangeError(f"{what}: position {p} is out of range for a sequence of {seq_len} tokens")
+        out.append(p % seq_len)
+    if not out:
+        raise ArgumentError(f"{what}: got an empty list of positions (pass None for all of them)")
     return out
 
 

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from analyses._common import TokensLike, as_tokens, position_list, token_id
 from analyses.plotting import bar, heatmap
+from hookgpt.errors import ArgumentError, ArgumentTypeError
 
 TokenChoice = Union[int, str, Int[Tensor, "batch"]]
 
@@ -68,13 +69,13 @@ class LogitAttribution:
     def head_attributions(self) -> Float[Tensor, "layer n_heads"]:
         """`[n_layers, n_heads]`, averaged over prompts and positions (needs `per_head=True`)."""
         if "head" not in self.kinds:
-            raise ValueError("no per-head attributions: call direct_logit_attribution(..., per_head=True)")
+            raise ArgumentError("no per-head attributions: call direct_logit_attribution(..., per_head=True)")
         return self._grid("head", max(i for k, i in zip(self.kinds, self.indices) if k == "head") + 1)
 
     def neuron_attributions(self) -> Float[Tensor, "layer d_mlp"]:
         """`[n_layers, d_mlp]`, averaged over prompts and positions (needs `per_neuron=True`)."""
         if "neuron" not in self.kinds:
-            raise ValueError("no per-neuron attributions: call direct_logit_attribution(..., per_neuron=True)")
+            raise ArgumentError("no per-neuron attributions: call direct_logit_attribution(..., per_neuron=True)")
         return self._grid("neuron", max(i for k, i in zip(self.kinds, self.indices) if k == "neuron") + 1)
 
     def to_df(self) -> pd.DataFrame:
@@ -103,7 +104,7 @@ class LogitAttribution:
             layers = [str(l) for l in range(self.n_layers)]
             return heatmap(grid, y_labels=layers, title=title, x_title="neuron", y_title="layer", signed=True)
         if view != "components":
-            raise ValueError(f"view must be 'components', 'heads' or 'neurons', got {view!r}")
+            raise ArgumentError(f"view must be 'components', 'heads' or 'neurons', got {view!r}")
         mean = self.mean()
         values, labels, neuron_sums = [], [], {}
         for i, (label, kind, layer) in enumerate(zip(self.labels, self.kinds, self.layers)):
@@ -122,9 +123,14 @@ class LogitAttribution:
 def _as_token_ids(model: Any, tokens: TokenChoice, batch: int) -> Int[Tensor, "batch 1"]:
     if isinstance(tokens, (int, str)):
         return torch.full((batch, 1), token_id(model, tokens), dtype=torch.long, device=model.device)
-    ids = torch.as_tensor(tokens, device=model.device).long().flatten()
+    ids = torch.as_tensor(tokens, device=model.device)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ArgumentTypeError(f"answer/wrong token ids must be integers, got dtype {ids.dtype}")
+    ids = ids.long().flatten()
     if ids.shape[0] not in (1, batch):
-        raise ValueError(f"answer/wrong tokens must be one token or one per prompt ({batch}), got {ids.shape[0]}")
+        raise ArgumentError(f"answer/wrong tokens must be one token or one per prompt ({batch}), got {ids.shape[0]}")
+    if bool(((ids < 0) | (ids >= model.cfg.d_vocab)).any()):
+        raise ArgumentError(f"answer/wrong token ids must lie in [0, d_vocab={model.cfg.d_vocab}), got {ids.tolist()}")
     return ids.expand(batch)[:, None]
 
 

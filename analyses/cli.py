@@ -11,19 +11,26 @@
     hookgpt export CKPT DIR           # a training checkpoint -> a loadable model directory
 
 Every command takes `--model` (a shipped model name, a hookgpt or Hugging Face directory, or a
-name in the local Hugging Face cache). The command line is the top layer of the project: it uses
-`hookgpt` and `analyses`, and nothing imports it. Errors are one line on stderr and exit code 2.
+name in the local Hugging Face cache) and `--device`. The command line is the top layer of the
+project: it uses `hookgpt` and `analyses`, and nothing imports it. Each command is a few lines
+that call an analysis and print or save its result (pages: `analyses.render.save_report`).
+
+A user error (a bad number, a missing or unreadable file, a model that does not load) is one
+line on stderr and exit code 2; a closed pipe (`hookgpt generate --stream | head`) ends quietly.
+Only a bug in hookgpt prints a traceback, and `--debug` shows it for any error.
 """
 
 import argparse
-import html
 import json
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from hookgpt.atomic import write_text_atomic
+from hookgpt.errors import HookgptError, UnknownNameError, close_matches
 
 DEFAULT_MODEL = "hookgpt-shakespeare"
 DEFAULT_PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the"
@@ -38,42 +45,12 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
-def load_model(name: str):
+def load_model(args: argparse.Namespace):
     from hookgpt import HookedGPT
 
-    model = HookedGPT.from_pretrained(name)
+    model = HookedGPT.from_pretrained(args.model, device=args.device)
     model.eval()
     return model
-
-
-def report_page(title: str, sections: list[tuple[str, Any]]) -> str:
-    """One offline HTML page: each section is a heading and a plotly figure, a rendered view,
-    a pandas DataFrame or preformatted text. plotly.js and the views' bundle are inlined once."""
-    import pandas as pd
-    import plotly.graph_objects as go
-
-    parts, plotly_included = [], False
-    for heading, item in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if isinstance(item, go.Figure):
-            parts.append(item.to_html(full_html=False, include_plotlyjs=not plotly_included))
-            plotly_included = True
-        elif isinstance(item, pd.DataFrame):
-            parts.append(item.to_html(index=False, float_format=lambda x: f"{x:.3f}", border=0, classes="table"))
-        elif hasattr(item, "_repr_html_"):
-            parts.append(item._repr_html_())
-        else:
-            parts.append(f"<pre>{html.escape(str(item))}</pre>")
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#1f2328}"
-        "h1{font-size:1.6em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #d0d7de}"
-        "pre{background:#f6f8fa;padding:12px;white-space:pre-wrap}.table{border-collapse:collapse}"
-        ".table td,.table th{padding:4px 10px;border-bottom:1px solid #eee;text-align:right}"
-    )
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(parts) + "\n</body></html>\n"
-    )
 
 
 def _prompt(args) -> str:
@@ -87,7 +64,7 @@ def _prompt(args) -> str:
 
 
 def cmd_info(args) -> int:
-    model = load_model(args.model)
+    model = load_model(args)
     cfg = model.cfg
     print(f"model: {args.model} ({cfg.model_name})")
     print(f"parameters: {model.n_params():,} ({model.n_params(include_embeddings=False):,} without embeddings)")
@@ -105,7 +82,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    model = load_model(args.model)
+    model = load_model(args)
     options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     prompt = _prompt(args)
@@ -119,40 +96,29 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def head_scan_summary(model, seq_len: int = 20, batch: int = 8):
-    """All head scans of `analyses.heads` as {kind: [layer, n_heads] scores}."""
-    from analyses import heads
-
-    return {
-        "previous_token": heads.previous_token_scores(model),
-        "induction": heads.induction_scores(model, seq_len=seq_len, batch=batch),
-        "duplicate_token": heads.duplicate_token_scores(model),
-        "first_token": heads.first_token_scores(model),
-        "current_token": heads.current_token_scores(model),
-    }
-
-
 def cmd_heads(args) -> int:
     from analyses import heads
+    from analyses.render import save_report
 
-    model = load_model(args.model)
-    scores = head_scan_summary(model, seq_len=args.seq_len)
+    for kind in args.kinds or []:
+        if kind not in heads.SCANS:
+            raise UnknownNameError(f"unknown scan {kind!r}{close_matches(kind, heads.SCANS)}; choose from {sorted(heads.SCANS)}")
+    model = load_model(args)
+    scores = heads.pattern_scores(model, heads.repeated_random_tokens(model, seq_len=args.seq_len))
     for kind in args.kinds or scores:
-        if kind not in scores:
-            raise CLIError(f"unknown scan {kind!r}; choose from {sorted(scores)}")
         print(f"\n{kind} (top {args.top}):")
         print(heads.top_heads(scores[kind], k=args.top, kind=kind).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if args.out:
-        page = report_page(f"Head scans: {args.model}", [(k, heads.plot_head_scores(v, title=k)) for k, v in scores.items()])
-        print(f"\nwrote {write_text_atomic(Path(args.out), page)}")
+        page = save_report(args.out, f"Head scans: {args.model}", [(k, heads.plot_head_scores(v, title=k)) for k, v in scores.items()])
+        print(f"\nwrote {page}")
     return 0
 
 
 def cmd_lens(args) -> int:
     from analyses import logit_lens
-    from analyses.render import logit_lens_grid
+    from analyses.render import logit_lens_grid, save_report
 
-    model = load_model(args.model)
+    model = load_model(args)
     result = logit_lens.logit_lens(model, _prompt(args), k=args.k)
     last = len(result.tokens) - 1
     print(f"logit lens at the last position ({result.tokens[last]!r}): top-{args.k} predictions per layer")
@@ -161,16 +127,17 @@ def cmd_lens(args) -> int:
         print(f"  {label:>10}: {preds}")
     if args.out:
         view = logit_lens_grid(result.tokens, result.layer_labels, result.top_tokens, result.top_probs, title="Logit lens")
-        page = report_page(f"Logit lens: {args.model}", [("Top predictions by layer and position", view),
-                                                          ("Probability of the actual next token", result.figure())])
-        print(f"wrote {write_text_atomic(Path(args.out), page)}")
+        page = save_report(args.out, f"Logit lens: {args.model}", [("Top predictions by layer and position", view),
+                                                                    ("Probability of the actual next token", result.figure())])
+        print(f"wrote {page}")
     return 0
 
 
 def cmd_patch(args) -> int:
     from analyses import patching
+    from analyses.render import save_report
 
-    model = load_model(args.model)
+    model = load_model(args)
     clean, corrupted = args.clean.replace("\\n", "\n"), args.corrupted.replace("\\n", "\n")
     clean_tokens, corrupted_tokens = model.to_tokens(clean), model.to_tokens(corrupted)
     if clean_tokens.shape != corrupted_tokens.shape:
@@ -187,15 +154,15 @@ def cmd_patch(args) -> int:
     print(f"patching {args.activation} (metric: logit difference {args.answer!r} - {args.wrong!r}, 0 = corrupted, 1 = clean)")
     print(result.to_df().pivot(index="layer", columns="pos", values="metric").to_string(float_format=lambda x: f"{x:.2f}"))
     if args.out:
-        page = report_page(f"Activation patching: {args.model}", [(f"{args.activation} by layer and position", result.figure())])
-        print(f"wrote {write_text_atomic(Path(args.out), page)}")
+        page = save_report(args.out, f"Activation patching: {args.model}", [(f"{args.activation} by layer and position", result.figure())])
+        print(f"wrote {page}")
     return 0
 
 
 def cmd_render(args) -> int:
     from analyses.render import attention
 
-    model = load_model(args.model)
+    model = load_model(args)
     view = attention(model, _prompt(args), layer=args.layer)
     out = Path(args.out or f"attention-layer{args.layer}.html")
     view.save(out)
@@ -221,12 +188,14 @@ def cmd_demo(args) -> int:
     import torch
 
     from analyses import heads, logit_lens
-    from analyses.render import attention, logit_lens_grid
+    from analyses.render import attention, logit_lens_grid, save_report
 
     started = time.perf_counter()
-    model = load_model(args.model)
-    prompt = _prompt(args)
     out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():  # say so now, not after the whole demo has run
+        raise CLIError(f"--out {str(out_dir)!r} is a file, not a directory")
+    model = load_model(args)
+    prompt = _prompt(args)
     print(f"hookgpt demo: {args.model} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {model.n_params():,} parameters)")
 
     continuation = model.generate(prompt, max_new_tokens=args.max_new_tokens)
@@ -235,10 +204,9 @@ def cmd_demo(args) -> int:
     with torch.no_grad():
         loss = float(model(prompt, return_type="loss"))
     lens = logit_lens.logit_lens(model, prompt, k=5)
-    scores = head_scan_summary(model)
+    repeated = heads.repeated_random_tokens(model)
+    scores = heads.pattern_scores(model, repeated)  # every scan of analyses.heads, one forward pass
     top = {kind: heads.top_heads(scores[kind], k=3, kind=kind) for kind in ("previous_token", "induction", "duplicate_token")}
-    repeated = heads.repeated_random_tokens(model, seq_len=20, batch=1, seed=0)
-    repeated_text = model.to_string(repeated[0, 1:])
 
     print(f"loss on the prompt: {loss:.3f} nats/token")
     for kind, df in top.items():
@@ -253,10 +221,10 @@ def cmd_demo(args) -> int:
     for kind, s in scores.items():
         sections.append((f"Head scan: {kind.replace('_', ' ')}", heads.plot_head_scores(s, title=kind)))
     sections.append(("Top heads", heads.head_scores_df(scores).sort_values("score", ascending=False).groupby("kind").head(3)))
+    repeated_text = model.to_string(repeated[0, 1:])
     for layer in range(model.cfg.n_layers):
         sections.append((f"Attention, layer {layer}, on a repeated random sequence (hover a token)", attention(model, repeated_text, layer=layer)))
-    page = report_page(f"hookgpt demo: {args.model}", sections)
-    report = write_text_atomic(out_dir / "report.html", page)
+    report = save_report(out_dir / "report.html", f"hookgpt demo: {args.model}", sections)
     summary = {"model": args.model, "loss_on_prompt": loss, "continuation": continuation,
                "top_heads": {k: df.to_dict(orient="records") for k, df in top.items()}, "seconds": time.perf_counter() - started}
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
@@ -277,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(fn=fn)
         p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or directory (default: {DEFAULT_MODEL})")
+        p.add_argument("--device", default="cpu", help="where to run the model: cpu (default), cuda, cuda:1, mps")
+        p.add_argument("--debug", action="store_true", help="show the Python traceback of any error")
         if prompt:
             p.add_argument("prompt", nargs="?", default=None, help="the text (\\n for newlines; default: a line of Romeo and Juliet)")
         return p
@@ -325,17 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="turn a training checkpoint into a model directory for from_pretrained")
     p.set_defaults(fn=cmd_export)
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of any error")
     p.add_argument("checkpoint", help="a ckpt.pt written by hookgpt train")
     p.add_argument("out", help="output directory")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     return parser
 
 
+# Errors that mean "the user asked for something that cannot be done", reported in one line:
+# hookgpt's own refusals, bad values, unknown names and the operating system's answers (a file
+# that does not exist, a directory that is read-only, a disk that is full).
+USER_ERRORS = (CLIError, HookgptError, ValueError, KeyError, OSError)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv and argv[0] == "train":  # the trainer has its own parser; pass everything through
-        args = argparse.Namespace(fn=cmd_train, train_args=argv[1:], command="train")
+        args = argparse.Namespace(fn=cmd_train, train_args=argv[1:], command="train", debug=False)
     else:
         args = parser.parse_args(argv)
     if getattr(args, "fn", None) is None:
@@ -346,10 +323,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, KeyError, FileNotFoundError, TypeError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"hookgpt {args.command}: error: {message}", file=sys.stderr)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, like any Unix tool
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"hookgpt {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception:
+        traceback.print_exc()
+        print(f"hookgpt {args.command}: this is a bug in hookgpt; please report it with the traceback above", file=sys.stderr)
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of an error, on one line (a KeyError's without its quotes)."""
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if isinstance(error, OSError) and error.filename and str(error.filename) not in message:
+        message = f"{message}: {error.filename}"
+    return " ".join(message.split()) or type(error).__name__
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so Python's own flush at exit does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

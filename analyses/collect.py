@@ -10,13 +10,20 @@ chosen activation `[rows, ...]`, the `tokens` `[rows, seq]` and each row's index
 `row_index` `[rows]`.
 
 - Writes are atomic (a temporary file, then `os.replace`), so a shard on disk is complete, and an
-  interrupted collection resumes: a shard already there with the same rows, names and model is
-  skipped (any other file of that name is overwritten).
+  interrupted collection resumes: a shard already there from the same collection, holding the
+  same token rows, is skipped.
+- A collection is identified by a fingerprint of everything its numbers depend on: the model's
+  weights and config, the token data, the hook names, the dtype and the row layout. Shards of
+  `prefix` in `out_dir` with another fingerprint (another model saved under the same default
+  name, another dataset, dtype or row count) are replaced, never mixed in; `load_activations`
+  refuses a set of shards from different collections.
 - Under `torchrun` (environment variables RANK and WORLD_SIZE) each process takes its own
   contiguous slice of the rows and writes its own shards (`...-rank002-00007.safetensors`).
 - The forward pass stops after the last layer that holds a chosen activation.
 """
 
+import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -25,11 +32,13 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from analyses._common import progress
-from hookgpt.atomic import atomic_write
+from hookgpt.atomic import atomic_write, remove_dead_temporaries
+from hookgpt.errors import ArgumentError, UnknownNameError
+from hookgpt.loading import write_safetensors
 
 DataSource = Union[Tensor, np.ndarray, str, os.PathLike]
 NamesFilter = Any  # as `run_with_cache`: a name, a list of names, or a function name -> bool
@@ -41,17 +50,22 @@ def token_rows(data: DataSource, seq_len: Optional[int] = None) -> Union[Tensor,
     dropped)."""
     if isinstance(data, (str, os.PathLike)):
         if seq_len is None:
-            raise ValueError("a token file needs seq_len: the length of each row")
+            raise ArgumentError("a token file needs seq_len: the length of each row")
         data = np.memmap(data, dtype=np.uint16, mode="r")
+    if not isinstance(data, (Tensor, np.ndarray)):
+        raise ArgumentError(f"data must be a tensor or array of token ids [n, seq], or a token file path; got {type(data).__name__}")
     if data.ndim == 1:
         if seq_len is None:
-            raise ValueError("a flat token array needs seq_len: the length of each row")
+            raise ArgumentError("a flat token array needs seq_len: the length of each row")
         n = data.shape[0] // seq_len
         data = data[: n * seq_len].reshape(n, seq_len)
     if data.ndim != 2:
-        raise ValueError(f"token data must be [n, seq] (or flat with seq_len), got shape {tuple(data.shape)}")
+        raise ArgumentError(f"data: token data must be [n, seq] (or flat with seq_len), got shape {tuple(data.shape)}")
+    is_int = (not data.dtype.is_floating_point and not data.dtype.is_complex and data.dtype != torch.bool) if isinstance(data, Tensor) else np.issubdtype(data.dtype, np.integer)
+    if not is_int:
+        raise ArgumentError(f"data: token ids must be integers, got dtype {data.dtype}")
     if seq_len is not None and data.shape[1] != seq_len:
-        raise ValueError(f"rows have length {data.shape[1]}, but seq_len={seq_len}")
+        raise ArgumentError(f"rows have length {data.shape[1]}, but seq_len={seq_len}")
     return data
 
 
@@ -74,18 +88,55 @@ def _stop_layer(model: Any, names: list[str]) -> Optional[int]:
 
 def _write_atomic(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
     with atomic_write(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        write_safetensors(tensors, tmp, metadata=metadata)
 
 
-def _already_written(path: Path, metadata: dict[str, str]) -> bool:
-    """Whether `path` is a shard of the same rows and names (so a rerun may skip it)."""
-    if not path.exists():
-        return False
+def model_fingerprint(model: Any) -> str:
+    """sha256 of the model's config and every weight (the same weights give the same hash)."""
+    digest = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def data_fingerprint(rows: Union[Tensor, np.ndarray], n_samples: int = 64) -> str:
+    """sha256 of the dataset's shape and of up to `n_samples` rows spread over it (each shard
+    also stores its own rows, which a rerun compares exactly)."""
+    n = rows.shape[0]
+    picks = sorted({int(i) for i in np.linspace(0, n - 1, num=min(n, n_samples))}) if n else []
+    digest = hashlib.sha256(str(tuple(rows.shape)).encode())
+    for i in picks:
+        digest.update(np.asarray(rows[i]).astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _shard_metadata(path: Path) -> Optional[dict[str, str]]:
+    """The metadata of a readable shard, or None (missing, truncated, not safetensors)."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}) == metadata
-    except Exception:  # not a readable safetensors file: write it again
+            return f.metadata() or {}
+    except Exception:
+        return None
+
+
+def _already_written(path: Path, metadata: dict[str, str], tokens: Tensor) -> bool:
+    """Whether `path` is this shard of this collection, holding these token rows (so a rerun may
+    skip it)."""
+    if _shard_metadata(path) != metadata:
         return False
+    with safe_open(str(path), framework="pt") as f:
+        return "tokens" in f.keys() and torch.equal(f.get_tensor("tokens"), tokens)
+
+
+def _remove_stale_shards(out: Path, prefix: str, collection: str) -> None:
+    """Delete shards of `prefix` in `out` written by another collection (they would be mixed in)."""
+    for path in out.glob(f"{prefix}-*.safetensors"):
+        if not re.fullmatch(rf"{re.escape(prefix)}(-rank\d+)?-\d+\.safetensors", path.name):
+            continue
+        metadata = _shard_metadata(path)
+        if metadata is None or metadata.get("collection") != collection:
+            path.unlink(missing_ok=True)
 
 
 def collect_activations(
@@ -122,18 +173,31 @@ def collect_activations(
     rank = env_rank if rank is None else rank
     world_size = env_world if world_size is None else world_size
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        raise ArgumentError(f"rank {rank} is not in [0, world_size={world_size})")
     n = rows.shape[0]
     first, last = n * rank // world_size, n * (rank + 1) // world_size  # this rank's rows
 
-    _, probe_fwd, _ = model.get_caching_hooks(names_filter)
+    _, probe_fwd, _ = model.get_caching_hooks(names_filter)  # an unknown name raises a KeyError with close matches
     names = [name for name, _ in probe_fwd]
     if not names:
-        raise ValueError(f"names_filter {names_filter!r} selects no hook point")
+        raise ArgumentError(f"names_filter {names_filter!r} selects no hook point")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(rows_per_shard, bool) or not isinstance(rows_per_shard, int) or rows_per_shard < 1:
+        raise ArgumentError(f"rows_per_shard must be a positive integer, got {rows_per_shard!r}")
     stop = _stop_layer(model, names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rank_part = f"-rank{rank:03d}" if world_size > 1 else ""
+    collection = hashlib.sha256(
+        json.dumps(
+            dict(model=model_fingerprint(model), data=data_fingerprint(rows), names=names, dtype=str(dtype),
+                 rows_per_shard=rows_per_shard, world_size=world_size),
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    _remove_stale_shards(out, prefix, collection)
+    remove_dead_temporaries(out)  # half-written shards of a killed run
 
     paths = []
     shard_starts = list(range(first, last, rows_per_shard))
@@ -149,8 +213,10 @@ def collect_activations(
             rows=str(end - start),
             rank=str(rank),
             world_size=str(world_size),
+            collection=collection,
         )
-        if _already_written(path, metadata):  # by an earlier, interrupted run (writes are atomic)
+        shard_tokens = torch.as_tensor(np.asarray(rows[start:end]).astype(np.int64))
+        if _already_written(path, metadata, shard_tokens):  # by an earlier, interrupted run (writes are atomic)
             bar.update(end - start)
             continue
         parts: dict[str, list[Tensor]] = {name: [] for name in names}
@@ -185,8 +251,10 @@ def _shard_paths(source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike
         raise FileNotFoundError(f"no .safetensors shards in {source}")
 
     def first_row(path: Path) -> int:
-        with safe_open(str(path), framework="pt") as f:
-            return int((f.metadata() or {}).get("first_row", 0))
+        metadata = _shard_metadata(path)
+        if metadata is None:
+            raise ArgumentError(f"{path} is not a readable safetensors shard (truncated or corrupt?)")
+        return int(metadata.get("first_row", 0))
 
     return sorted(paths, key=first_row)
 
@@ -196,12 +264,19 @@ def iter_activation_shards(
 ) -> Iterator[dict[str, Tensor]]:
     """Yield the shards of a directory (or a list of shard files) one at a time, in row order,
     each as {name: tensor} (only `names` plus tokens/row_index when given)."""
-    for path in _shard_paths(source):
+    paths = _shard_paths(source)
+    collections = {path.name: (_shard_metadata(path) or {}).get("collection") for path in paths}
+    if len(set(collections.values())) > 1:
+        raise ArgumentError(
+            f"the shards in {source} come from different collections (another model, dataset, hook names, dtype or "
+            f"row count) and cannot be combined: {collections}; collect again into an empty directory"
+        )
+    for path in paths:
         shard = load_file(str(path))
         if names is not None:
             missing = set(names) - set(shard)
             if missing:
-                raise KeyError(f"{path} has no {sorted(missing)}; it holds {sorted(shard)}")
+                raise UnknownNameError(f"{path} has no {sorted(missing)}; it holds {sorted(shard)}")
             shard = {k: v for k, v in shard.items() if k in set(names) | {"tokens", "row_index"}}
         yield shard
 

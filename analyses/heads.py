@@ -38,7 +38,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from analyses._common import TokensLike, as_tokens
+from analyses._common import TokensLike, as_tokens, check_count
+from hookgpt.errors import ArgumentError
 from analyses.plotting import heatmap
 
 Template = Union[
@@ -59,12 +60,14 @@ def repeated_random_tokens(
     model without a GPT-2 tokenizer; it never appears among the random tokens.
     """
     d_vocab = model.cfg.d_vocab
+    check_count(seq_len, "seq_len")
+    check_count(batch, "batch")
     if bos_token_id is None:
         bos_token_id = _bos_token_id(model)
     if seq_len + 1 > d_vocab:
-        raise ValueError(f"seq_len={seq_len} distinct tokens need d_vocab > seq_len, the model has d_vocab={d_vocab}")
+        raise ArgumentError(f"seq_len={seq_len} distinct tokens need d_vocab > seq_len, the model has d_vocab={d_vocab}")
     if 1 + 2 * seq_len > model.cfg.n_ctx:
-        raise ValueError(f"1 + 2 * seq_len = {1 + 2 * seq_len} tokens exceed the model's n_ctx={model.cfg.n_ctx}")
+        raise ArgumentError(f"1 + 2 * seq_len = {1 + 2 * seq_len} tokens exceed the model's n_ctx={model.cfg.n_ctx}")
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(batch):
@@ -138,7 +141,7 @@ def _batched_template(template: Template, tokens: Int[Tensor, "batch pos"]) -> F
     if template.ndim == 2 and template.shape == (n, n):
         template = template.expand(batch, n, n)
     if template.shape != (batch, n, n):
-        raise ValueError(
+        raise ArgumentError(
             f"a template must be [query_pos, key_pos] = {(n, n)} or [batch, query_pos, key_pos], got {tuple(template.shape)}"
         )
     return template
@@ -236,6 +239,9 @@ def top_heads(
 ) -> pd.DataFrame:
     """The `k` best-scoring heads as a DataFrame (kind, layer, head, score), best first.
     `kind` names the scan in the table; `order` picks largest, smallest or largest |score|."""
+    check_count(k, "k")
+    if order not in ("largest", "smallest", "abs"):
+        raise ArgumentError(f"order must be 'largest', 'smallest' or 'abs', got {order!r}")
     flat = scores.detach().float().flatten().cpu()
     key = {"largest": flat, "smallest": -flat, "abs": flat.abs()}[order]
     key = torch.where(flat.isnan(), float("-inf"), key)

@@ -29,8 +29,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from analyses._common import TokensLike, as_tokens, token_id, token_strings
+from analyses._common import TokensLike, as_tokens, check_count, token_id, token_strings
 from analyses.plotting import heatmap
+from hookgpt.errors import ArgumentError, ArgumentTypeError
 
 
 def _resid_names(name: str) -> bool:
@@ -117,7 +118,7 @@ class LogitLensResult:
             value = "target_prob" if bool(self.has_target.any()) else "top_prob"
         values = {"target_prob": self.target_probs, "target_rank": self.target_ranks.float(), "top_prob": self.top_probs[..., 0]}
         if value not in values:
-            raise ValueError(f"value must be one of {sorted(values)} or 'auto', got {value!r}")
+            raise ArgumentError(f"value must be one of {sorted(values)} or 'auto', got {value!r}")
         z = values[value].clone()
         if value == "target_rank":
             z[:, ~self.has_target] = float("nan")
@@ -171,9 +172,14 @@ def _targets(model: Any, tokens: Int[Tensor, "pos"], target: Union[None, str, in
         return torch.cat([tokens[1:], tokens.new_full((1,), -1)])
     if isinstance(target, (int, str)):
         return torch.full((n,), token_id(model, target), dtype=torch.long, device=tokens.device)
-    target = torch.as_tensor(target, device=tokens.device).long().flatten()
+    target = torch.as_tensor(target, device=tokens.device)
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ArgumentTypeError(f"target ids must be integers, got dtype {target.dtype}")
+    target = target.long().flatten()
     if target.shape != (n,):
-        raise ValueError(f"target must be 'next', a token, or ids of shape [pos]=({n},), got shape {tuple(target.shape)}")
+        raise ArgumentError(f"target must be 'next', a token, or ids of shape [pos]=({n},), got shape {tuple(target.shape)}")
+    if bool(((target < -1) | (target >= model.cfg.d_vocab)).any()):
+        raise ArgumentError(f"target ids must lie in [0, d_vocab={model.cfg.d_vocab}) or be -1 (no target)")
     return target
 
 
@@ -198,9 +204,10 @@ def logit_lens(
         cache: an `ActivationCache` of this input holding resid_pre/mid/post (not modified);
             otherwise the model is run once.
     """
+    check_count(k, "k", high=model.cfg.d_vocab)
     tokens = as_tokens(model, input)
     if tokens.shape[0] != 1:
-        raise ValueError(f"logit_lens reads one sequence, got a batch of {tokens.shape[0]}; use logit_lens_logits for batches")
+        raise ArgumentError(f"logit_lens reads one sequence, got a batch of {tokens.shape[0]}; use logit_lens_logits for batches")
     targets = _targets(model, tokens[0], target)
     has_target = targets >= 0
     safe_targets = targets.clamp(min=0)

@@ -5,6 +5,7 @@ The presets are GPT-2's published sizes. A config is plain data: it can be writt
 """
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -45,6 +46,7 @@ class GPTConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        _check_field_types({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         if self.d_head is None:
             if self.d_model % self.n_heads != 0:
                 raise ValueError(
@@ -58,7 +60,7 @@ class GPTConfig:
             raise ValueError(f"act_fn={self.act_fn!r} is not supported; expected one of {ACT_FNS}")
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name == "n_layers" else 1):
+            if value < (0 if name == "n_layers" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
     def replace(self, **changes: Any) -> "GPTConfig":
@@ -78,7 +80,8 @@ class GPTConfig:
             raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}; known fields are {sorted(known)}")
         d = dict(d)
         if isinstance(d.get("dtype"), str):
-            d["dtype"] = getattr(torch, d["dtype"].replace("torch.", ""))
+            d["dtype"] = getattr(torch, d["dtype"].replace("torch.", ""), d["dtype"])
+        _check_field_types(d)  # before construction: JSON may say "n_layers": "2"
         return cls(**d)
 
     @classmethod
@@ -90,6 +93,34 @@ class GPTConfig:
             close = difflib.get_close_matches(name, PRESETS, n=3)
             raise KeyError(f"no preset named {name!r}; did you mean {close}? Presets: {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], "model_name": name, **overrides})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+# What each field holds, as (description, check); a config read from JSON may hold anything.
+FIELD_TYPES: dict[str, tuple[str, Any]] = {
+    **{name: ("an integer", _is_int) for name in ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx")},
+    **{name: ("an integer or None", lambda v: v is None or _is_int(v)) for name in ("d_head", "d_mlp")},
+    **{name: ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)) for name in ("layer_norm_eps", "init_range")},
+    **{
+        name: ("True or False", lambda v: isinstance(v, bool))
+        for name in ("attn_only", "tie_embeddings", "folded_ln", "centered_writing_weights", "centered_unembed")
+    },
+    **{name: ("a string", lambda v: isinstance(v, str)) for name in ("act_fn", "model_name")},
+    "dtype": ("a torch.dtype (or its name, e.g. 'float32')", lambda v: isinstance(v, torch.dtype)),
+    "extra": ("a dict", lambda v: isinstance(v, dict)),
+}
+
+
+def _check_field_types(values: dict[str, Any]) -> None:
+    from hookgpt.errors import ArgumentTypeError
+
+    for name, value in values.items():
+        kind, ok = FIELD_TYPES.get(name, ("", lambda v: True))
+        if not ok(value):
+            raise ArgumentTypeError(f"GPTConfig.{name} must be {kind}, got {type(value).__name__} {value!r}")
 
 
 # GPT-2's published hyperparameters (Radford et al. 2019; Hugging Face config.json files).

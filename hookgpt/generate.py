@@ -22,8 +22,10 @@ Three refinements make it practical:
 """
 
 import contextlib
+import math
+import numbers
 from collections.abc import Iterator
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from jaxtyping import Float, Int
@@ -31,10 +33,15 @@ from torch import Tensor
 from tqdm import tqdm  # text bars: work in terminals and notebooks alike, no ipywidgets needed
 
 from hookgpt import tokenizer as tok
+from hookgpt.errors import ArgumentError, ArgumentTypeError
 from hookgpt.kv_cache import KVCache
-from hookgpt.model import HookedGPT
+from hookgpt.model import HookedGPT, _checked_mask
 
-Prompt = Union[str, list[str], Int[Tensor, "batch pos"], Int[Tensor, "pos"]]
+# `generate` checks its arguments itself (`_check_options`, `_prompt_tokens`), so the boundary
+# types are broad: a wrong value gets a message naming the argument, not a type-checker dump.
+Prompt = Any  # a string, a list of strings, or token ids [batch, pos] / [pos]
+Number = Any  # an int or a float (or None where the option allows it)
+OptionalInt = Any  # an int or None
 GenerateOutput = Union[str, list[str], Int[Tensor, "batch all_pos"], Int[Tensor, "all_pos"]]  # prompt + new tokens
 StreamPiece = Union[str, list[str], Int[Tensor, "batch"]]
 RETURN_TYPES = ("auto", "str", "tokens")
@@ -140,19 +147,19 @@ def generate_tokens(
 def generate(
     model: HookedGPT,
     input: Prompt = "",
-    max_new_tokens: int = 10,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
+    max_new_tokens: Any = 10,
+    temperature: Number = 1.0,
+    top_k: OptionalInt = None,
+    top_p: Number = None,
     do_sample: bool = False,
-    eos_token_id: Union[int, list[int], None] = None,
+    eos_token_id: Any = None,
     stop_at_eos: bool = True,
     use_kv_cache: bool = True,
-    seed: Optional[int] = None,
+    seed: OptionalInt = None,
     stream: bool = False,
     prepend_bos: bool = True,
-    return_type: str = "auto",
-    attention_mask: Optional[Int[Tensor, "batch pos"]] = None,
+    return_type: Any = "auto",
+    attention_mask: Any = None,
     truncate: bool = False,
     verbose: bool = False,
 ) -> Union[GenerateOutput, Iterator[StreamPiece]]:
@@ -181,7 +188,9 @@ def generate(
         1-D input); finished rows are padded with the EOS token. Fewer than `max_new_tokens`
         columns are added when every row stops early.
     """
-    _check_options(max_new_tokens, temperature, top_k, top_p, do_sample, return_type)
+    _check_options(max_new_tokens, temperature, top_k, top_p, do_sample, return_type, seed)
+    temperature, top_p = float(temperature), None if top_p is None else float(top_p)  # 1 -> 1.0
+    max_new_tokens, top_k = int(max_new_tokens), None if top_k is None else int(top_k)  # numpy ints too
     text_input = isinstance(input, (str, list))
     tokens, mask = _prompt_tokens(model, input, prepend_bos, attention_mask)
     tokens, mask = _fit_context(model, tokens, mask, max_new_tokens, truncate)
@@ -215,19 +224,34 @@ def generate(
     return out[0] if isinstance(input, Tensor) and input.ndim == 1 else out
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _check_options(
-    max_new_tokens: int, temperature: float, top_k: Optional[int], top_p: Optional[float], do_sample: bool, return_type: str
+    max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any, do_sample: Any, return_type: Any, seed: Any = None
 ) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+    """Every sampling option has the right type and range, before any compute."""
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ArgumentError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if not _is_number(temperature):
+        raise ArgumentTypeError(f"temperature must be a number >= 0 (0 means greedy), got {type(temperature).__name__} {temperature!r}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ArgumentError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise ArgumentError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
+        raise ArgumentError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
+    if not isinstance(do_sample, bool):
+        raise ArgumentTypeError(f"do_sample must be True or False, got {do_sample!r}")
+    if seed is not None and not _is_int(seed):
+        raise ArgumentTypeError(f"seed must be an integer or None, got {seed!r}")
     if return_type not in RETURN_TYPES:
-        raise ValueError(f"return_type must be one of {list(RETURN_TYPES)}, got {return_type!r}")
+        raise ArgumentError(f"return_type must be one of {list(RETURN_TYPES)}, got {return_type!r}")
 
 
 def _prompt_tokens(
@@ -236,19 +260,21 @@ def _prompt_tokens(
     """Token ids `[batch, pos]` and attention mask of the prompt, left padded."""
     if isinstance(input, (str, list)):
         if attention_mask is not None:
-            raise ValueError("attention_mask is only for token input; text prompts get their mask from the tokenizer")
+            raise ArgumentError("attention_mask is only for token input; text prompts get their mask from the tokenizer")
         tokens, mask = tok.to_tokens_with_mask(model.tokenizer, input, prepend_bos=prepend_bos, padding_side="left")
         return tokens.to(model.device), mask.to(model.device)
     if not isinstance(input, Tensor):
-        raise TypeError(f"expected a string, a list of strings or a tensor of token ids, got {type(input).__name__}")
+        raise ArgumentTypeError(f"input: expected a string, a list of strings or a tensor of token ids, got {type(input).__name__}")
+    if input.is_floating_point() or input.is_complex() or input.dtype == torch.bool:
+        raise ArgumentTypeError(f"input: token ids must be an integer tensor, got {input.dtype}")
+    if input.ndim not in (1, 2):
+        raise ArgumentError(f"input: token ids must have shape [pos] or [batch, pos], got shape {tuple(input.shape)}")
     tokens = input[None] if input.ndim == 1 else input
     if attention_mask is None:
         return tokens, None
-    mask = attention_mask.to(tokens.device).long()
-    if mask.shape != tokens.shape:
-        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, the tokens {tuple(tokens.shape)}")
+    mask = _checked_mask(attention_mask, tuple(tokens.shape)).to(tokens.device)
     if not (bool((mask[:, 1:] >= mask[:, :-1]).all()) and bool(mask[:, -1].all())):
-        raise ValueError("generate needs LEFT padding: each attention_mask row must be 0s (padding) followed by 1s")
+        raise ArgumentError("attention_mask: generate needs LEFT padding: each attention_mask row must be 0s (padding) followed by 1s")
     return tokens, mask
 
 
@@ -260,7 +286,7 @@ def _fit_context(
     if n_prompt + max_new_tokens <= n_ctx:
         return tokens, mask
     if not truncate or max_new_tokens >= n_ctx:
-        raise ValueError(
+        raise ArgumentError(
             f"the prompt ({n_prompt} tokens) plus max_new_tokens={max_new_tokens} is longer than the model's "
             f"context n_ctx={n_ctx}; shorten the prompt, lower max_new_tokens"
             + (" or pass truncate=True to drop the oldest prompt tokens" if max_new_tokens < n_ctx else "")
@@ -269,13 +295,16 @@ def _fit_context(
     return tokens[:, -keep:], None if mask is None else mask[:, -keep:]
 
 
-def _eos_ids(model: HookedGPT, eos_token_id: Union[int, list[int], None]) -> Optional[list[int]]:
+def _eos_ids(model: HookedGPT, eos_token_id: Any) -> Optional[list[int]]:
     """The EOS ids to stop at: as given, else the tokenizer's (None when the model has none)."""
     if eos_token_id is not None:
-        ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        ids = [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
+        if not isinstance(ids, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ArgumentTypeError(f"eos_token_id must be a token id, a list of token ids or None, got {eos_token_id!r}")
+        ids = list(ids)
         for i in ids:
             if not 0 <= i < model.cfg.d_vocab:
-                raise ValueError(f"eos_token_id {i} is out of range for d_vocab={model.cfg.d_vocab}")
+                raise ArgumentError(f"eos_token_id {i} is out of range for d_vocab={model.cfg.d_vocab}")
         return ids
     try:
         eos = model.tokenizer.eos_token_id

@@ -21,20 +21,20 @@ activation the forward pass does not need itself (`hook_result`): it is computed
 """
 
 import contextlib
-import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Collection, Iterator, Literal, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from hookgpt.errors import ArgumentError, ArgumentTypeError, HookOutputError, HookShapeError, UnknownNameError, close_matches
+
 HookFn = Callable[..., Optional[Tensor]]
-NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+# Boundary types are deliberately broad (as in model.py): `_names_filter_fn` and `_hook_pairs`
+# check them, so bad input gets a message naming the argument rather than a type-checker dump.
+NamesFilter = Any  # None, a hook name, a list of hook names, or a function name -> bool
+HookList = Any  # a list of (hook name or filter function, hook function) pairs
 Direction = Literal["fwd", "bwd"]
-
-
-class HookShapeError(ValueError):
-    """A hook returned a tensor whose shape differs from the activation it replaces."""
 
 
 class LazyActivation:
@@ -89,7 +89,14 @@ class HookHandle:
     def remove(self) -> None:
         if self.active:
             self.active = False
-            self.hook_point._handles(self.dir).remove(self)
+            self.detach()
+
+    def detach(self) -> None:
+        """Take the hook off its hook point, so later forward passes do not run it. A backward
+        hook stays live for the tensors it was already registered on (until `remove()`)."""
+        handles = self.hook_point._handles(self.dir)
+        if self in handles:
+            handles.remove(self)
 
 
 class HookPoint(nn.Module):
@@ -188,15 +195,22 @@ class HookPoint(nn.Module):
         return run
 
     def _checked(self, out: Any, x: Tensor, fn: HookFn) -> Tensor:
+        """The tensor a hook returned, if it can stand in for `x`: same shape, dtype and device."""
+        hook = f"hook {getattr(fn, '__name__', fn)!r} on {self.name}"
         if not isinstance(out, Tensor):
-            raise TypeError(
-                f"hook {getattr(fn, '__name__', fn)!r} on {self.name} returned {type(out).__name__}; "
+            raise ArgumentTypeError(
+                f"{hook} returned {type(out).__name__}; "
                 "a hook must return None (to observe) or a Tensor (to replace the activation)"
             )
         if out.shape != x.shape:
             raise HookShapeError(
-                f"hook {getattr(fn, '__name__', fn)!r} on {self.name} returned shape {tuple(out.shape)}, "
+                f"{hook} returned shape {tuple(out.shape)}, "
                 f"but the activation has shape {tuple(x.shape)}; a replacing hook must keep the shape"
+            )
+        if out.dtype != x.dtype or out.device != x.device:
+            raise HookOutputError(
+                f"{hook} returned a {out.dtype} tensor on {out.device}, but the activation is {x.dtype} on "
+                f"{x.device}; a replacing hook must keep dtype and device (return `new.to(act)`)"
             )
         return out
 
@@ -226,15 +240,49 @@ def resolve(act: Union[Tensor, LazyActivation]) -> Tensor:
     return act.get() if isinstance(act, LazyActivation) else act
 
 
-def _names_filter_fn(names_filter: NamesFilter) -> Callable[[str], bool]:
+def _names_filter_fn(names_filter: Any, valid_names: Optional[Collection[str]] = None) -> Callable[[str], bool]:
+    """`names_filter` (None, a name, a list of names or a function) as a function name -> bool.
+    With `valid_names`, a name that is not among them raises `UnknownNameError` (a typo would
+    otherwise select nothing and give an empty cache)."""
     if names_filter is None:
         return lambda name: True
-    if isinstance(names_filter, str):
-        return lambda name: name == names_filter
     if callable(names_filter):
         return names_filter
-    names = set(names_filter)
+    names = [names_filter] if isinstance(names_filter, str) else names_filter
+    if not isinstance(names, (list, tuple, set, frozenset)) or not all(isinstance(n, str) for n in names):
+        raise ArgumentTypeError(
+            f"names_filter must be None, a hook name, a list of hook names or a function name -> bool, got {names_filter!r}"
+        )
+    if valid_names is not None:
+        for name in names:
+            if name not in valid_names:
+                raise UnknownNameError(
+                    f"names_filter: no hook point named {name!r}"
+                    + (close_matches(name, valid_names) or "; see model.hook_dict for all names")
+                )
+    names = set(names)
     return lambda name: name in names
+
+
+def _hook_pairs(hooks: Any, what: str) -> list[tuple[Union[str, Callable[[str], bool]], HookFn]]:
+    """`fwd_hooks` / `bwd_hooks` as a list of (name or filter, hook function) pairs, or a clear error."""
+    if isinstance(hooks, dict):
+        raise ArgumentTypeError(f"{what} must be a list of (name, hook) pairs, got a dict; pass list({what}.items())")
+    if isinstance(hooks, tuple) and len(hooks) == 2 and (isinstance(hooks[0], str) or callable(hooks[0])) and callable(hooks[1]):
+        raise ArgumentTypeError(f"{what} must be a list of (name, hook) pairs, got one pair; wrap it in a list: [{what}]")
+    try:
+        pairs = list(hooks)
+    except TypeError:
+        raise ArgumentTypeError(f"{what} must be a list of (name, hook) pairs, got {type(hooks).__name__}") from None
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ArgumentTypeError(f"{what} must be a list of (name, hook) pairs; one entry is {pair!r}")
+        name, fn = pair
+        if not (isinstance(name, str) or callable(name)):
+            raise ArgumentTypeError(f"{what}: a hook point name must be a str or a function name -> bool, got {name!r}")
+        if not callable(fn):
+            raise ArgumentTypeError(f"{what}: the hook for {name!r} is not callable, got {type(fn).__name__} {fn!r}")
+    return pairs
 
 
 class HookedRootModule(nn.Module):
@@ -260,19 +308,20 @@ class HookedRootModule(nn.Module):
     def hook_points(self) -> list[HookPoint]:
         return list(self.hook_dict.values())
 
-    def _resolve(self, name: Union[str, Callable[[str], bool]]) -> list[HookPoint]:
+    def _resolve(self, name: Any) -> list[HookPoint]:
         if callable(name) and not isinstance(name, str):
             return [hp for hp_name, hp in self.hook_dict.items() if name(hp_name)]
+        if not isinstance(name, str):
+            raise ArgumentTypeError(f"a hook point name must be a str or a function name -> bool, got {name!r}")
         if name not in self.hook_dict:
-            close = difflib.get_close_matches(name, self.hook_dict.keys(), n=5, cutoff=0.5)
-            hint = f"; did you mean one of {close}?" if close else "; see model.hook_dict for all names"
-            raise KeyError(f"no hook point named {name!r}{hint}")
+            hint = close_matches(name, self.hook_dict) or "; see model.hook_dict for all names"
+            raise UnknownNameError(f"no hook point named {name!r}{hint}")
         return [self.hook_dict[name]]
 
     def add_hook(
         self,
-        name: Union[str, Callable[[str], bool]],
-        hook: HookFn,
+        name: Any,
+        hook: Any,
         dir: Direction = "fwd",
         prepend: bool = False,
         observe_only: bool = False,
@@ -281,6 +330,8 @@ class HookedRootModule(nn.Module):
         """Attach `hook` to the hook point `name` (or to every hook point whose name passes the
         filter function `name`). Stays attached until `reset_hooks()` or the handles' `remove()`.
         `observe_only`/`lazy`: see the module docstring."""
+        if not callable(hook):
+            raise ArgumentTypeError(f"the hook for {name!r} is not callable, got {type(hook).__name__} {hook!r}")
         return [hp.add_hook(hook, dir=dir, prepend=prepend, observe_only=observe_only, lazy=lazy) for hp in self._resolve(name)]
 
     def reset_hooks(self, dir: Literal["fwd", "bwd", "both"] = "both") -> None:
@@ -291,19 +342,20 @@ class HookedRootModule(nn.Module):
     @contextlib.contextmanager
     def hooks(
         self,
-        fwd_hooks: Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]] = (),
-        bwd_hooks: Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]] = (),
+        fwd_hooks: HookList = (),
+        bwd_hooks: HookList = (),
         reset_hooks_end: bool = True,
     ) -> Iterator["HookedRootModule"]:
         """Attach hooks for the duration of a `with` block; they are removed on exit, error or not.
 
         Backward hooks fire when you call `.backward()` inside the block.
         """
+        fwd_pairs, bwd_pairs = _hook_pairs(fwd_hooks, "fwd_hooks"), _hook_pairs(bwd_hooks, "bwd_hooks")
         handles: list[HookHandle] = []
         try:
-            for name, fn in fwd_hooks:
+            for name, fn in fwd_pairs:
                 handles += self.add_hook(name, fn, dir="fwd")
-            for name, fn in bwd_hooks:
+            for name, fn in bwd_pairs:
                 handles += self.add_hook(name, fn, dir="bwd")
             yield self
         finally:
@@ -314,14 +366,34 @@ class HookedRootModule(nn.Module):
     def run_with_hooks(
         self,
         *model_args: Any,
-        fwd_hooks: Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]] = (),
-        bwd_hooks: Sequence[tuple[Union[str, Callable[[str], bool]], HookFn]] = (),
+        fwd_hooks: HookList = (),
+        bwd_hooks: HookList = (),
         reset_hooks_end: bool = True,
         **model_kwargs: Any,
     ) -> Any:
-        """Run the model once with temporary hooks: `run_with_hooks(tokens, fwd_hooks=[(name, fn)])`."""
-        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end=reset_hooks_end):
-            return self(*model_args, **model_kwargs)
+        """Run the model once with temporary hooks: `run_with_hooks(tokens, fwd_hooks=[(name, fn)])`.
+
+        Backward hooks fire when you call `.backward()` on the output afterwards: they are
+        detached from the hook points when this returns (a later forward does not see them),
+        but stay live for the graph of this run, as TransformerLens's `reset_hooks_end=False`
+        intends. Under `torch.no_grad()` they could never fire, so that is an error.
+        """
+        bwd_pairs = _hook_pairs(bwd_hooks, "bwd_hooks")
+        if bwd_pairs and not torch.is_grad_enabled():
+            raise ArgumentError(
+                "bwd_hooks cannot fire: gradients are disabled here (torch.no_grad() or inference_mode), "
+                "so no backward pass will run on this forward's output"
+            )
+        with self.hooks(fwd_hooks, reset_hooks_end=reset_hooks_end):
+            bwd_handles: list[HookHandle] = []
+            try:
+                for name, fn in bwd_pairs:
+                    bwd_handles += self.add_hook(name, fn, dir="bwd")
+                return self(*model_args, **model_kwargs)
+            finally:
+                if reset_hooks_end:
+                    for handle in bwd_handles:
+                        handle.detach()
 
     # ------------------------------------------------------------------ caching
 
@@ -342,7 +414,7 @@ class HookedRootModule(nn.Module):
         access.
         """
         cache = {} if cache is None else cache
-        keep = _names_filter_fn(names_filter)
+        keep = _names_filter_fn(names_filter, self.hook_dict)
 
         def save(suffix: str) -> HookFn:
             def save_hook(act: Union[Tensor, LazyActivation], hook: HookPoint) -> None:

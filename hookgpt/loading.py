@@ -15,27 +15,38 @@ it into per-head `W_Q/W_K/W_V` and `to_hf_state_dict` fuses it back.
 
 Loading never holds two copies of the weights: the model is built on the `meta` device (no
 memory), the safetensors file is memory-mapped, and `load_state_dict(assign=True)` adopts the
-tensors. Weight processing (`fold_ln`, `center_writing_weights`, `center_unembed`) follows
-TransformerLens and leaves the model's log-probabilities unchanged.
+tensors. Files a checkpoint names (the shards of an index) must lie inside its directory.
+Weight processing (`fold_ln`, `center_writing_weights`, `center_unembed`) lives in
+`hookgpt.processing`; its functions are importable from here too.
 
-Saving (`save_pretrained`, `save_hf_pretrained`) writes into a temporary name next to the
-target and moves it into place with `os.replace`, so a crash never leaves half a checkpoint.
+Saving (`save_pretrained`, `save_hf_pretrained`) writes the whole model into a temporary
+directory next to the target and swaps it in (`hookgpt.atomic.atomic_directory`), so the target
+holds the old model or the new one at every instant, whatever kills the save.
 """
 
 import json
 import os
+import re
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
-from einops import einsum, rearrange
-from torch import Tensor, nn
+from einops import rearrange
+from torch import Tensor
 
+from hookgpt.atomic import atomic_directory, recover_directory
 from hookgpt.config import GPTConfig
+from hookgpt.errors import ArgumentError, CheckpointError, ModelNotFoundError
 from hookgpt.model import HookedGPT
+from hookgpt.processing import (  # noqa: F401  (re-exported: `hookgpt.loading.process_weights` etc. keep working)
+    center_unembed_,
+    center_writing_weights_,
+    fold_layer_norms,
+    process_weights,
+    untie_embeddings,
+)
 from hookgpt.tokenizer import Tokenizer
 
 SHIPPED_DIR = Path(__file__).parent / "data" / "models"
@@ -46,14 +57,6 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_conf
 PathLike = Union[str, os.PathLike]
 DeviceLike = Union[str, torch.device, None]
 DtypeLike = Union[str, torch.dtype, None]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or does not match its config."""
-
-
-class ModelNotFoundError(CheckpointError, FileNotFoundError):
-    """No shipped model, local directory or Hugging Face cache entry has this name."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,6 +71,9 @@ def config_from_hf(hf_config: dict[str, Any], model_name: str = "custom") -> GPT
     for field, unsupported in (("scale_attn_by_inverse_layer_idx", True), ("scale_attn_weights", False), ("add_cross_attention", True)):
         if hf_config.get(field, not unsupported) == unsupported:
             raise CheckpointError(f"{field}={unsupported} is not supported (hookgpt implements GPT-2's standard attention)")
+    missing = [key for key in ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions") if key not in hf_config]
+    if missing:
+        raise CheckpointError(f"a GPT-2 config.json needs the fields {missing}, which this one lacks")
     act = hf_config.get("activation_function", "gelu_new")
     act = {"gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new"}.get(act, act)
     d_model = hf_config["n_embd"]
@@ -275,6 +281,15 @@ def _load_torch_bin(path: Path, device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device) for k, v in sd.items()}
 
 
+def _inside(directory: Path, name: str, listed_in: str) -> Path:
+    """`directory / name`, refusing a name that leaves the directory (`../x`, `/etc/x`, a symlink
+    out): files a checkpoint names are its own files, never anything else on the machine."""
+    path = directory / name
+    if os.path.isabs(name) or not path.resolve().is_relative_to(directory.resolve()):
+        raise CheckpointError(f"{directory / listed_in} names the file {name!r}, which is outside the checkpoint directory; refusing to read it")
+    return path
+
+
 def _load_hf_weights(directory: Path, device: torch.device) -> tuple[dict[str, Tensor], str]:
     """The state dict of a Hugging Face directory and a description of where it came from."""
     if (directory / WEIGHTS_FILE).is_file():
@@ -284,8 +299,8 @@ def _load_hf_weights(directory: Path, device: torch.device) -> tuple[dict[str, T
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{directory / HF_INDEX_FILE} has no 'weight_map' object")
         sd: dict[str, Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            sd.update(_load_safetensors(directory / shard, device))
+        for shard in sorted(set(map(str, weight_map.values()))):
+            sd.update(_load_safetensors(_inside(directory, shard, HF_INDEX_FILE), device))
         return sd, f"the shards of {directory / HF_INDEX_FILE}"
     if (directory / HF_BIN_FILE).is_file():
         return _load_torch_bin(directory / HF_BIN_FILE, device), str(directory / HF_BIN_FILE)
@@ -325,6 +340,22 @@ def _as_dtype(dtype: DtypeLike) -> Optional[torch.dtype]:
     return value
 
 
+def _as_device(device: DeviceLike) -> torch.device:
+    """A torch device that exists on this machine (default CPU), or an error saying why not."""
+    try:
+        device = torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError) as e:
+        raise ArgumentError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1'): {e}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ArgumentError(f"device={str(device)!r}: no CUDA GPU is available here (torch.cuda.is_available() is False); use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ArgumentError(f"device={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ArgumentError(f"device={str(device)!r}: Apple's MPS backend is not available here; use device='cpu'")
+    return device
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading a checkpoint directory
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +377,7 @@ def load_checkpoint(
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist")
-    device = torch.device(device if device is not None else "cpu")
+    device = _as_device(device)
     dtype = _as_dtype(dtype)
     config_path = directory / CONFIG_FILE
     raw = _read_json(config_path)
@@ -441,10 +472,14 @@ def find_checkpoint(name_or_path: PathLike) -> Path:
     """The directory `from_pretrained(name_or_path)` loads: shipped model, local directory, or
     Hugging Face cache, in that order."""
     name = os.fspath(name_or_path)
+    if not name.strip():
+        raise ArgumentError("the model name is empty: give a shipped model name, a checkpoint directory or a Hugging Face name")
     shipped = list_shipped_models()
     if name in shipped:
         return SHIPPED_DIR / name
     path = Path(name).expanduser()
+    if not path.exists():
+        recover_directory(path)  # a save killed between its two renames (systems without renameat2)
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(
@@ -497,83 +532,59 @@ def from_pretrained(
 # ---------------------------------------------------------------------------------------------
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def is_model_file(name: str) -> bool:
+    """Whether a file name in a checkpoint directory belongs to the model (weights, config,
+    tokenizer): saving a model replaces all of these and keeps any other file."""
+    return name in (CONFIG_FILE, WEIGHTS_FILE, HF_INDEX_FILE, HF_BIN_FILE, *TOKENIZER_FILES) or bool(
+        re.fullmatch(r"model-\d+-of-\d+\.safetensors", name)
+    )
 
 
-def write_directory_atomically(directory: PathLike, writers: dict[str, Callable[[Path], None]]) -> None:
-    """Create `directory` holding the files `writers` write (`{file name: write(path)}`).
-
-    A new directory is filled under a temporary name in the same parent and renamed into place.
-    Into an existing directory, each file is written to a temporary name there and renamed over
-    the old one, in the order given (so put the config last); other files are left alone.
-    """
-    directory = Path(directory).expanduser()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    mask = _umask()
-    if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"cannot save into {str(directory)!r}: it is a file")
-    if not directory.exists() or not any(directory.iterdir()):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-        try:
-            for name, write in writers.items():
-                write(tmp / name)
-                os.chmod(tmp / name, 0o666 & ~mask)
-            os.chmod(tmp, 0o777 & ~mask)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return
-    for name, write in writers.items():
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-        os.close(fd)
-        try:
-            write(Path(tmp_name))
-            os.chmod(tmp_name, 0o666 & ~mask)
-            os.replace(tmp_name, directory / name)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-
-
-def _safetensors_writer(state_dict: dict[str, Tensor]) -> Callable[[Path], None]:
+def write_safetensors(state_dict: dict[str, Tensor], path: PathLike, metadata: Optional[dict[str, str]] = None) -> None:
+    """`safetensors.torch.save_file`, raising an I/O failure (a full disk) as the `OSError` it is
+    rather than safetensors' own error type."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    def write(path: Path) -> None:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}, str(path), metadata={"format": "pt"})
-
-    return write
-
-
-def _json_writer(data: dict[str, Any]) -> Callable[[Path], None]:
-    def write(path: Path) -> None:
-        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-    return write
+    try:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}, str(path), metadata=metadata or {"format": "pt"})
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
 
 
-def _tokenizer_writers(model: HookedGPT) -> dict[str, Callable[[Path], None]]:
+def _write_json(data: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _copy_tokenizer_files(model: HookedGPT, directory: Path) -> None:
     """Copies of the tokenizer files the model was loaded with (none for GPT-2's shipped one)."""
     source = getattr(model._tokenizer, "_source", None)
     if source is None:
-        return {}
-    return {
-        name: (lambda path, src=Path(source) / name: shutil.copyfile(src, path))
-        for name in TOKENIZER_FILES
-        if (Path(source) / name).is_file()
-    }
+        return
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copyfile(Path(source) / name, directory / name)
+
+
+def _save(model: HookedGPT, directory: PathLike, state_dict: dict[str, Tensor], config: dict[str, Any]) -> None:
+    """Write weights, tokenizer files and config into a fresh directory and swap it in whole
+    (`hookgpt.atomic.atomic_directory`): at every instant `directory` holds the old model or the
+    new one, complete; files of an older model (a stray `vocab.json`) never survive, files that
+    are not the model's (`notes.txt`) do."""
+    with atomic_directory(directory, replaced=is_model_file) as tmp:
+        write_safetensors(state_dict, tmp / WEIGHTS_FILE)
+        _copy_tokenizer_files(model, tmp)
+        _write_json(config, tmp / CONFIG_FILE)
 
 
 def save_pretrained(model: HookedGPT, directory: PathLike) -> None:
     """Save in hookgpt's format: `model.safetensors` + `config.json` (the `GPTConfig`), plus the
     tokenizer files if the model was loaded with its own. `from_pretrained` reads it back
     bit-exactly."""
-    writers = {WEIGHTS_FILE: _safetensors_writer(model.state_dict()), **_tokenizer_writers(model)}
-    writers[CONFIG_FILE] = _json_writer(model.cfg.to_dict())
-    write_directory_atomically(directory, writers)
+    _save(model, directory, model.state_dict(), model.cfg.to_dict())
 
 
 def save_hf_pretrained(model: HookedGPT, directory: PathLike) -> None:
@@ -585,95 +596,6 @@ def save_hf_pretrained(model: HookedGPT, directory: PathLike) -> None:
     state_dict = to_hf_state_dict(model)
     if model.cfg.tie_embeddings:
         del state_dict["lm_head.weight"]  # the same tensor as wte; transformers ties it back
-    writers = {WEIGHTS_FILE: _safetensors_writer(state_dict), **_tokenizer_writers(model)}
-    writers[CONFIG_FILE] = _json_writer(config)
-    write_directory_atomically(directory, writers)
+    _save(model, directory, state_dict, config)
 
 
-# ---------------------------------------------------------------------------------------------
-# Weight processing (TransformerLens's fold_ln / center_writing_weights / center_unembed)
-# ---------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def fold_layer_norms(model: HookedGPT) -> None:
-    """Fold each LayerNorm's gain `w` and bias `b` into the weights that read its output.
-
-    LN(x) = x_hat * w + b feeds `x_hat @ W + b_in`, which equals `x_hat @ (w[:, None] * W) + (b @ W + b_in)`.
-    After folding, w = 1 and b = 0. The reading weights are also centred over d_model: `x_hat`
-    has mean zero over d_model, so adding a constant to every row of W changes nothing.
-    """
-    for block in model.blocks:
-        attn = block.attn
-        for W, b_param in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)):
-            b_param.add_(einsum(W, block.ln1.b, "n_heads d_model d_head, d_model -> n_heads d_head"))
-            W.mul_(block.ln1.w[None, :, None])
-            W.sub_(W.mean(dim=1, keepdim=True))
-        _reset_layer_norm(block.ln1)
-        if not model.cfg.attn_only:
-            mlp = block.mlp
-            mlp.b_in.add_(einsum(mlp.W_in, block.ln2.b, "d_model d_mlp, d_model -> d_mlp"))
-            mlp.W_in.mul_(block.ln2.w[:, None])
-            mlp.W_in.sub_(mlp.W_in.mean(dim=0, keepdim=True))
-            _reset_layer_norm(block.ln2)
-    unembed, ln_final = model.unembed, model.ln_final
-    unembed.b_U.add_(einsum(unembed.W_U, ln_final.b, "d_model d_vocab, d_model -> d_vocab"))
-    unembed.W_U.mul_(ln_final.w[:, None])
-    unembed.W_U.sub_(unembed.W_U.mean(dim=0, keepdim=True))
-    _reset_layer_norm(ln_final)
-    model.cfg = model.cfg.replace(folded_ln=True)  # this model only: its config object is its own
-
-
-def _reset_layer_norm(ln: nn.Module) -> None:
-    ln.w.fill_(1.0)
-    ln.b.zero_()
-
-
-@torch.no_grad()
-def center_writing_weights_(model: HookedGPT) -> None:
-    """Make every vector written into the residual stream have mean zero over d_model.
-
-    Every reader of the residual stream is a LayerNorm, which subtracts the mean first, so the
-    mean component never matters. Applies to W_E, W_pos, each W_O/b_O and W_out/b_out.
-    """
-    params = [model.embed.W_E, model.pos_embed.W_pos]
-    for block in model.blocks:
-        params += [block.attn.W_O, block.attn.b_O]
-        if not model.cfg.attn_only:
-            params += [block.mlp.W_out, block.mlp.b_out]
-    for param in params:
-        param.sub_(param.mean(dim=-1, keepdim=True))
-    model.cfg = model.cfg.replace(centered_writing_weights=True)  # this model only: its config object is its own
-
-
-@torch.no_grad()
-def center_unembed_(model: HookedGPT) -> None:
-    """Give W_U and b_U mean zero over the vocabulary: softmax ignores a shift shared by all
-    logits, so log-probabilities are unchanged."""
-    model.unembed.W_U.sub_(model.unembed.W_U.mean(dim=-1, keepdim=True))
-    model.unembed.b_U.sub_(model.unembed.b_U.mean())
-    model.cfg = model.cfg.replace(centered_unembed=True)  # this model only: its config object is its own
-
-
-def untie_embeddings(model: HookedGPT) -> None:
-    """Give the unembedding its own copy of W_E.T, so W_E and W_U can be edited separately."""
-    if model.unembed.tied:
-        model.unembed.untie()
-    model.cfg = model.cfg.replace(tie_embeddings=False)
-
-
-def process_weights(
-    model: HookedGPT, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True
-) -> HookedGPT:
-    """Simplify the weights without changing the model's log-probabilities (TransformerLens's
-    `process_weights_`), in place. Any processing unties tied embeddings. Returns the model."""
-    if not (fold_ln or center_writing_weights or center_unembed):
-        return model
-    untie_embeddings(model)
-    if fold_ln:
-        fold_layer_norms(model)
-    if center_writing_weights:
-        center_writing_weights_(model)
-    if center_unembed:
-        center_unembed_(model)
-    return model

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from hookgpt import tokenizer as tok
 from hookgpt.components import AttentionMask, Embed, LayerNorm, PosEmbed, TransformerBlock, Unembed
 from hookgpt.config import GPTConfig
+from hookgpt.errors import ArgumentError, ArgumentTypeError
 from hookgpt.factored import FactoredMatrix
 from hookgpt.hooks import HookedRootModule, HookPoint
 from hookgpt.kv_cache import KVCache
@@ -28,8 +29,11 @@ from hookgpt.kv_cache import KVCache
 # a message saying what was expected rather than a type-checker dump. The accepted forms are text,
 # a list of texts, token ids [batch, pos] or [pos], or (with start_at_layer) a residual stream
 # [batch, pos, d_model]; return types "logits", "loss", "both" or None.
-ReturnType = Optional[str]
-ModelInput = Union[str, list[str], Tensor]
+ReturnType = Any  # "logits", "loss", "both" or None
+ModelInput = Any  # text, a list of texts, token ids [batch, pos] / [pos], or a residual stream
+MaskInput = Any  # None, or [batch, pos] of 0s and 1s: a tensor, an array or nested lists
+LayerInput = Any  # None or an int
+CacheInput = Any  # None or a KVCache
 
 
 class HookedGPT(HookedRootModule):
@@ -89,7 +93,7 @@ class HookedGPT(HookedRootModule):
         """The tokenizer (GPT-2's BPE, shipped with the package, unless another was given)."""
         if self._tokenizer is None:
             if self.cfg.d_vocab < 50257:
-                raise ValueError(
+                raise ArgumentError(
                     f"this model has d_vocab={self.cfg.d_vocab}, smaller than GPT-2's 50257 tokens; "
                     "pass a matching tokenizer (HookedGPT(cfg, tokenizer=...)) or feed token ids"
                 )
@@ -145,11 +149,11 @@ class HookedGPT(HookedRootModule):
         loss_per_token: bool = False,
         prepend_bos: bool = True,
         padding_side: Optional[str] = None,
-        attention_mask: Optional[Int[Tensor, "batch pos"]] = None,
-        start_at_layer: Optional[int] = None,
-        stop_at_layer: Optional[int] = None,
+        attention_mask: MaskInput = None,
+        start_at_layer: LayerInput = None,
+        stop_at_layer: LayerInput = None,
         tokens: Optional[Int[Tensor, "batch pos"]] = None,
-        past_kv_cache: Optional[KVCache] = None,
+        past_kv_cache: CacheInput = None,
         logit_positions: Optional[Sequence[int]] = None,
     ) -> Any:
         """Run the model.
@@ -180,8 +184,8 @@ class HookedGPT(HookedRootModule):
                 Saves the biggest matrix product when only a few positions are read. Not with a loss.
         """
         if return_type not in ("logits", "loss", "both", None):
-            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
-        past_len = 0 if past_kv_cache is None else past_kv_cache.length
+            raise ArgumentError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        past_len = 0 if past_kv_cache is None else self._check_kv_cache(past_kv_cache)
 
         if isinstance(input, (str, list)):
             input, text_mask = tok.to_tokens_with_mask(self.tokenizer, input, prepend_bos=prepend_bos, padding_side=padding_side)
@@ -191,17 +195,19 @@ class HookedGPT(HookedRootModule):
             attention_mask = self._inferred_attention_mask(input, prepend_bos)
         if start_at_layer is None:
             tokens = self._validated_tokens(input, past_len)
-        elif input.ndim != 3 or input.shape[-1] != self.cfg.d_model or input.is_floating_point() is False:
-            raise ValueError(
-                f"with start_at_layer={start_at_layer} the input must be a residual stream [batch, pos, d_model="
-                f"{self.cfg.d_model}] of floats, got {input.dtype} of shape {tuple(input.shape)}"
-            )
-        batch, new_len = input.shape[:2]
+        else:
+            self._check_residual(input, start_at_layer)
+        batch, new_len = (input if start_at_layer is not None else tokens).shape[:2]
         full_mask = self._full_attention_mask(attention_mask, past_kv_cache, batch, new_len)
         read = self._logit_positions(logit_positions, new_len, return_type)
 
         start = 0 if start_at_layer is None else self._layer_index(start_at_layer, "start_at_layer")
         stop = self.cfg.n_layers if stop_at_layer is None else self._layer_index(stop_at_layer, "stop_at_layer")
+        if stop < start:
+            raise ArgumentError(
+                f"stop_at_layer={stop_at_layer} comes before start_at_layer={start_at_layer}: no layer would run"
+            )
+
         mask = self._block_mask(full_mask, new_len)
         outer_offset, self.position_offset = self.position_offset, None if past_kv_cache is None else past_len
         try:
@@ -228,7 +234,7 @@ class HookedGPT(HookedRootModule):
         if return_type == "logits":
             return logits
         if tokens is None:
-            raise ValueError("a loss needs the token ids: pass tokens=... together with start_at_layer")
+            raise ArgumentError("a loss needs the token ids: pass tokens=... together with start_at_layer")
         new_mask = None if full_mask is None else full_mask[:, past_len:]
         loss = self.loss_fn(logits, tokens, new_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
@@ -243,7 +249,7 @@ class HookedGPT(HookedRootModule):
         """Next-token cross-entropy: logits at position i predict token i + 1. Padding is left out
         (per-token losses there are 0)."""
         if tokens.shape[1] < 2:
-            raise ValueError("the loss needs at least 2 tokens per sequence (one to predict from, one to predict)")
+            raise ArgumentError("the loss needs at least 2 tokens per sequence (one to predict from, one to predict)")
         # targets[:, i] = tokens[:, i + 1]; the last position has none (ignore_index). Shifting the
         # targets rather than slicing the logits avoids copying a [batch, pos, d_vocab] tensor.
         targets = torch.full_like(tokens, -100, device=logits.device)
@@ -277,33 +283,41 @@ class HookedGPT(HookedRootModule):
         mask = infer_attention_mask(tokens if tokens.ndim == 2 else tokens[None], tokenizer.pad_token_id, tokenizer.bos_token_id, "left", prepend_bos)
         return None if bool(mask.all()) else mask
 
-    def _validated_tokens(self, tokens: Tensor, past_len: int) -> Int[Tensor, "batch pos"]:
+    def _validated_tokens(self, tokens: Any, past_len: int) -> Int[Tensor, "batch pos"]:
+        """Token ids as a long tensor `[batch, pos]` on the model's device, or a clear error.
+        Any integer dtype is accepted (uint16 is the trainer's token-file dtype)."""
         if not isinstance(tokens, Tensor):
-            raise TypeError(f"expected text or a tensor of token ids, got {type(tokens).__name__}")
+            raise ArgumentTypeError(
+                f"input: expected text, a list of texts or a tensor of token ids, got {type(tokens).__name__}"
+            )
         if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-            raise TypeError(
-                f"token ids must be an integer tensor, got {tokens.dtype}; "
+            raise ArgumentTypeError(
+                f"input: token ids must be an integer tensor, got {tokens.dtype}; "
                 "to feed a residual stream, pass start_at_layer"
             )
         if tokens.ndim == 1:
             tokens = tokens[None]
         if tokens.ndim != 2:
-            raise ValueError(f"token ids must have shape [batch, pos] or [pos], got {tuple(tokens.shape)}")
+            raise ArgumentError(f"input: token ids must have shape [batch, pos] or [pos], got shape {tuple(tokens.shape)}")
+        if tokens.shape[0] == 0:
+            raise ArgumentError(f"input: got an empty batch (shape {tuple(tokens.shape)}); pass at least one sequence")
         if tokens.shape[1] == 0:
-            raise ValueError("got an empty sequence (0 tokens)")
+            raise ArgumentError("input: got an empty sequence (0 tokens)")
         length = past_len + tokens.shape[1]
         if length > self.cfg.n_ctx:
             what = f"{tokens.shape[1]} tokens" if not past_len else f"{past_len} cached + {tokens.shape[1]} new tokens"
-            raise ValueError(
-                f"sequence of {what} is longer than the model's context n_ctx={self.cfg.n_ctx}; "
+            raise ArgumentError(
+                f"input: sequence of {what} is longer than the model's context n_ctx={self.cfg.n_ctx}; "
                 "shorten the input (to_tokens(..., truncate=True) cuts it)"
             )
+        if tokens.dtype != torch.long:
+            tokens = tokens.to(torch.int32).long() if tokens.dtype == torch.uint16 else tokens.long()
         low, high = int(tokens.min()), int(tokens.max())
         if low < 0 or high >= self.cfg.d_vocab:
             bad = low if low < 0 else high
             where = tuple(int(i) for i in (tokens == bad).nonzero()[0])
-            raise ValueError(
-                f"token id {bad} at index {where} is out of range: this model's vocabulary has "
+            raise ArgumentError(
+                f"input: token id {bad} at index {where} is out of range: this model's vocabulary has "
                 f"d_vocab={self.cfg.d_vocab} ids (0..{self.cfg.d_vocab - 1})"
             )
         return tokens.to(self.device)
@@ -312,37 +326,67 @@ class HookedGPT(HookedRootModule):
         if logit_positions is None:
             return None
         if return_type in ("loss", "both"):
-            raise ValueError(f"logit_positions is for return_type='logits' (a loss needs every position), got {return_type!r}")
+            raise ArgumentError(f"logit_positions is for return_type='logits' (a loss needs every position), got {return_type!r}")
         read = [int(p) for p in logit_positions]
         bad = [p for p in read if not -new_len <= p < new_len]
         if bad:
-            raise ValueError(f"logit_positions {bad} out of range for an input of {new_len} positions")
+            raise ArgumentError(f"logit_positions {bad} out of range for an input of {new_len} positions")
         return [p % new_len for p in read]
 
-    def _layer_index(self, layer: int, what: str) -> int:
-        n = self.cfg.n_layers
+    def _check_residual(self, residual: Any, start_at_layer: Any) -> None:
+        """With `start_at_layer`, the input is a residual stream `[batch, pos, d_model]` of floats."""
+        if not isinstance(residual, Tensor) or residual.ndim != 3 or residual.shape[-1] != self.cfg.d_model or not residual.is_floating_point():
+            got = f"{residual.dtype} of shape {tuple(residual.shape)}" if isinstance(residual, Tensor) else type(residual).__name__
+            raise ArgumentError(
+                f"input: with start_at_layer={start_at_layer} the input must be a residual stream [batch, pos, d_model="
+                f"{self.cfg.d_model}] of floats, got {got}"
+            )
+        if residual.shape[0] == 0 or residual.shape[1] == 0:
+            raise ArgumentError(f"input: got an empty residual stream of shape {tuple(residual.shape)}")
+
+    def _layer_index(self, layer: Any, what: str) -> int:
+        """A layer number in [0, n_layers] (negative counts from the end), or a clear error."""
+        if isinstance(layer, Tensor) and layer.ndim == 0 and not layer.is_floating_point() and layer.dtype != torch.bool:
+            layer = int(layer)
+        if isinstance(layer, bool) or not isinstance(layer, int) and not hasattr(layer, "__index__"):
+            raise ArgumentTypeError(f"{what} must be an integer layer index, got {type(layer).__name__} {layer!r}")
+        layer, n = layer.__index__(), self.cfg.n_layers
         if not -n <= layer <= n:
-            raise ValueError(f"{what}={layer} is out of range for a model with n_layers={n}")
+            raise ArgumentError(f"{what}={layer} is out of range for a model with n_layers={n} (valid: {-n}..{n})")
         return layer % n if layer < 0 else layer
 
     def _full_attention_mask(
-        self, attention_mask: Optional[Tensor], past_kv_cache: Optional[KVCache], batch: int, new_len: int
+        self, attention_mask: Any, past_kv_cache: Any, batch: int, new_len: int
     ) -> Optional[Int[Tensor, "batch all_pos"]]:
         """The mask over past + new positions, or None when every position is a real token."""
         if attention_mask is not None:
-            attention_mask = attention_mask.to(self.device).long()
-            if attention_mask.shape != (batch, new_len):
-                raise ValueError(
-                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected [batch, pos] = {(batch, new_len)}"
-                )
+            attention_mask = _checked_mask(attention_mask, (batch, new_len)).to(self.device)
         if past_kv_cache is not None:
             if past_kv_cache.batch_size != batch:
-                raise ValueError(f"past_kv_cache holds a batch of {past_kv_cache.batch_size}, the input a batch of {batch}")
+                raise ArgumentError(f"past_kv_cache holds a batch of {past_kv_cache.batch_size}, the input a batch of {batch}")
             new = attention_mask if attention_mask is not None else torch.ones(batch, new_len, dtype=torch.long, device=self.device)
             attention_mask = torch.cat([past_kv_cache.attention_mask.to(self.device), new], dim=1)
+        if attention_mask is not None and not bool(attention_mask.any(dim=1).all()):
+            row = int((~attention_mask.bool().any(dim=1)).nonzero()[0])
+            raise ArgumentError(f"attention_mask: row {row} is all zeros; every sequence needs at least one real token (1)")
         if attention_mask is not None and bool(attention_mask.all()):
             return None
         return attention_mask
+
+    def _check_kv_cache(self, past_kv_cache: Any) -> int:
+        """A KV cache must be a `KVCache` made for this model's shape; returns its length."""
+        if not isinstance(past_kv_cache, KVCache):
+            raise ArgumentTypeError(f"past_kv_cache must be a KVCache (KVCache.empty(model.cfg, batch)), got {type(past_kv_cache).__name__}")
+        cfg = self.cfg
+        if len(past_kv_cache) != cfg.n_layers:
+            raise ArgumentError(f"past_kv_cache has {len(past_kv_cache)} layers, this model n_layers={cfg.n_layers}: it was made for another config")
+        keys = past_kv_cache[0].past_keys if len(past_kv_cache) else None
+        if keys is not None and tuple(keys.shape[2:]) != (cfg.n_heads, cfg.d_head):
+            raise ArgumentError(
+                f"past_kv_cache holds [n_heads, d_head] = {tuple(keys.shape[2:])}, this model {(cfg.n_heads, cfg.d_head)}: "
+                "it was made for another config"
+            )
+        return past_kv_cache.length
 
     def _positions(self, full_mask: Optional[Tensor], past_len: int, new_len: int, batch: int) -> Int[Tensor, "batch pos"]:
         if full_mask is None:
@@ -513,6 +557,26 @@ def infer_attention_mask(
         rows = torch.arange(tokens.shape[0], device=tokens.device)
         mask[rows, (n_pad - 1).clamp(min=0)] = 1  # the BOS (a row with no padding keeps its first token)
     return mask
+
+
+def _checked_mask(attention_mask: Any, shape: tuple[int, int]) -> Int[Tensor, "batch pos"]:
+    """An attention mask (tensor, numpy array or nested list) of 0s and 1s with the input's
+    `[batch, pos]` shape, as a long tensor; anything else is an error naming the argument."""
+    if not isinstance(attention_mask, Tensor):
+        try:
+            attention_mask = torch.as_tensor(attention_mask)
+        except (TypeError, ValueError, RuntimeError):
+            raise ArgumentTypeError(
+                f"attention_mask must be a tensor (or array / nested list) of 0s and 1s, got {type(attention_mask).__name__}"
+            ) from None
+    if attention_mask.is_complex():
+        raise ArgumentTypeError(f"attention_mask must hold 0s and 1s, got dtype {attention_mask.dtype}")
+    if tuple(attention_mask.shape) != tuple(shape):
+        raise ArgumentError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected [batch, pos] = {tuple(shape)}")
+    if attention_mask.dtype != torch.bool and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)][0].item()
+        raise ArgumentError(f"attention_mask must hold only 0 (padding) and 1 (real token), found {bad}")
+    return attention_mask.long()
 
 
 def _self_diagonal(query_len: int, key_len: int, device: torch.device) -> Tensor:

@@ -8,12 +8,17 @@ GPT-2 turns text into token ids in three steps:
 3. Inside each chunk, adjacent pieces are merged greedily, always applying the highest-priority
    merge first, using the 50000 merges GPT-2 learned on WebText.
 
-The vocabulary (`encoder.json`, token -> id) and the merges (`vocab.bpe`) ship with the package
-in `hookgpt/data/gpt2/`, so nothing is downloaded. Both files spell bytes with GPT-2's
-"byte-to-unicode" alphabet (a space is "Ġ", a newline "Ċ"); we map them back to raw bytes and
-hand the result to `tiktoken`, whose Rust BPE does the actual work. Because GPT-2 gave every
-merged token the id 256 + its merge index, a token's id *is* its merge priority, which is exactly
-what tiktoken's `mergeable_ranks` expects.
+GPT-2 gave every merged token the id 256 + its merge index, so a token's id *is* its merge
+priority: the whole vocabulary is one table "token bytes -> rank". It ships with the package in
+tiktoken's own file format (`hookgpt/data/gpt2/gpt2.tiktoken`, one `base64(bytes) rank` line
+per token, byte-for-byte the file tiktoken's `r50k_base` uses), so nothing is downloaded; it is
+read with tiktoken's public `load_tiktoken_bpe`, and tiktoken's Rust BPE does the actual work.
+(`scripts/make_gpt2_tiktoken.py` derives it from OpenAI's original `encoder.json`/`vocab.bpe`,
+kept next to it.)
+
+A Hugging Face tokenizer directory (`vocab.json` + `merges.txt`, or `tokenizer.json`) spells
+bytes with GPT-2's "byte-to-unicode" alphabet (a space is "Ġ", a newline "Ċ"); for those we map
+the entries back to raw bytes and build the same kind of table.
 
 `Tokenizer` is the vocabulary object. The functions after it (`to_tokens`, `to_string`,
 `to_str_tokens`, ...) take the tokenizer as their first argument; the model exposes them as
@@ -23,7 +28,6 @@ methods, with the TransformerLens names and defaults.
 import contextlib
 import functools
 import gc
-import gzip
 import json
 import os
 from collections.abc import Collection, Sequence
@@ -32,8 +36,11 @@ from typing import Literal, Optional, Union
 
 import numpy as np
 import tiktoken
+import tiktoken.load
 import torch
 from jaxtyping import Int
+
+from hookgpt.errors import ArgumentError, ArgumentTypeError
 
 # The pre-tokenization regex of GPT-2 (tiktoken's `r50k_pat_str`). It is the same pattern as
 # OpenAI's encoder.py / Hugging Face's ByteLevel pre-tokenizer, written with possessive
@@ -43,6 +50,10 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|
 ENDOFTEXT = "<|endoftext|>"
 
 GPT2_DATA_DIR = Path(__file__).parent / "data" / "gpt2"
+GPT2_TIKTOKEN = GPT2_DATA_DIR / "gpt2.tiktoken"
+# sha256 of gpt2.tiktoken: the hash tiktoken itself pins for r50k_base (GPT-2's vocabulary).
+GPT2_TIKTOKEN_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+GPT2_EOT_ID = 50256
 
 # "left" or "right". Annotated as plain `str` so that a wrong value reaches our own check and
 # its ValueError (listing the valid values) instead of a type-checker error.
@@ -109,7 +120,7 @@ def _build_encoding(
     vocab: dict[str, int],
     merges: list[tuple[str, str]],
     added_tokens: dict[str, int],
-) -> tuple[tiktoken.Encoding, frozenset[str]]:
+) -> tuple[tiktoken.Encoding, frozenset[str], frozenset[int]]:
     """Turn a GPT-2 style (vocab, merges) pair into a tiktoken Encoding.
 
     The mergeable tokens are the 256 single bytes plus the result of every merge. Every other
@@ -119,12 +130,13 @@ def _build_encoding(
 
     Also returns the special tokens that are matched verbatim in text (like Hugging Face's added
     tokens): "<|endoftext|>", `added_tokens`, and entries not spelled in the byte alphabet. A
-    stray entry that no merge produces but that is spelled in bytes stays decodable only.
+    stray entry that no merge produces but that is spelled in bytes stays decodable only. And
+    the set of every token id (a vocabulary may skip ids).
     """
     mergeable_ranks: dict[bytes, int] = {}
     for char in bytes_to_unicode().values():
         if char not in vocab:
-            raise ValueError(
+            raise ArgumentError(
                 f"{name}: not a byte-level BPE vocabulary: the single-byte token {char!r} is missing"
             )
         mergeable_ranks[_token_string_to_bytes(char)] = vocab[char]
@@ -133,15 +145,15 @@ def _build_encoding(
     for first, second in merges:
         merged = first + second
         if merged not in vocab:
-            raise ValueError(f"{name}: merge {first!r} + {second!r} gives {merged!r}, which is not in the vocabulary")
+            raise ArgumentError(f"{name}: merge {first!r} + {second!r} gives {merged!r}, which is not in the vocabulary")
         token_bytes = _token_string_to_bytes(merged)
         if token_bytes is None:
-            raise ValueError(f"{name}: merge result {merged!r} is not spelled in GPT-2's byte alphabet")
+            raise ArgumentError(f"{name}: merge result {merged!r} is not spelled in GPT-2's byte alphabet")
         if token_bytes in mergeable_ranks:
             continue  # the same string reached by another merge: keep the first (higher priority)
         rank = vocab[merged]
         if rank <= previous_rank:
-            raise ValueError(
+            raise ArgumentError(
                 f"{name}: token ids must increase with merge priority, but merge {first!r} + {second!r} "
                 f"-> id {rank} comes after {previous_merge!r} -> id {previous_rank}; "
                 "this vocabulary cannot be used with tiktoken"
@@ -160,7 +172,7 @@ def _build_encoding(
     encoding = tiktoken.Encoding(
         name, pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens
     )
-    return encoding, matched_in_text
+    return encoding, matched_in_text, frozenset(mergeable_ids) | frozenset(special_tokens.values())
 
 
 def _parse_merges_text(text: str) -> list[tuple[str, str]]:
@@ -171,7 +183,7 @@ def _parse_merges_text(text: str) -> list[tuple[str, str]]:
     merges = [tuple(line.split(" ")) for line in lines if line]
     for merge in merges:
         if len(merge) != 2:
-            raise ValueError(f"malformed merge line {' '.join(merge)!r}: expected two tokens separated by one space")
+            raise ArgumentError(f"malformed merge line {' '.join(merge)!r}: expected two tokens separated by one space")
     return merges
 
 
@@ -189,18 +201,12 @@ def _gc_paused():
 
 
 @functools.lru_cache(maxsize=None)
-def _gpt2_encoding() -> tuple[tiktoken.Encoding, frozenset[str]]:
-    """The shipped GPT-2 vocabulary, built once per process."""
+def _gpt2_encoding() -> tiktoken.Encoding:
+    """The shipped GPT-2 vocabulary, read once per process with tiktoken's public loader (which
+    checks the file against its pinned sha256)."""
     with _gc_paused():
-        return _read_gpt2_encoding()
-
-
-def _read_gpt2_encoding() -> tuple[tiktoken.Encoding, frozenset[str]]:
-    with gzip.open(GPT2_DATA_DIR / "encoder.json.gz", "rb") as f:
-        vocab = json.loads(f.read())
-    with gzip.open(GPT2_DATA_DIR / "vocab.bpe.gz", "rb") as f:
-        merges = _parse_merges_text(f.read().decode("utf-8"))
-    return _build_encoding("gpt2", vocab, merges, {})
+        ranks = tiktoken.load.load_tiktoken_bpe(str(GPT2_TIKTOKEN), expected_hash=GPT2_TIKTOKEN_SHA256)
+    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: GPT2_EOT_ID})
 
 
 # Hugging Face directory layouts we understand, in the order we try them.
@@ -215,16 +221,16 @@ def _read_hf_directory(directory: Path) -> tuple[dict[str, int], list[tuple[str,
         data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
         model = data.get("model") or {}
         if model.get("type", "BPE") != "BPE" or "vocab" not in model or "merges" not in model:
-            raise ValueError(f"{tokenizer_json}: expected a BPE model with 'vocab' and 'merges'")
+            raise ArgumentError(f"{tokenizer_json}: expected a BPE model with 'vocab' and 'merges'")
         pre_tokenizer = data.get("pre_tokenizer") or {}
         if pre_tokenizer.get("type") == "ByteLevel" and pre_tokenizer.get("add_prefix_space"):
-            raise ValueError(f"{tokenizer_json}: add_prefix_space=True is not supported (GPT-2 uses False)")
+            raise ArgumentError(f"{tokenizer_json}: add_prefix_space=True is not supported (GPT-2 uses False)")
         merges = []
         for merge in model["merges"]:
             # Older files store "first second" strings, newer ones [first, second] pairs.
             pair = merge.split(" ") if isinstance(merge, str) else merge
             if len(pair) != 2:
-                raise ValueError(f"{tokenizer_json}: malformed merge {merge!r}")
+                raise ArgumentError(f"{tokenizer_json}: malformed merge {merge!r}")
             merges.append((pair[0], pair[1]))
         added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
         return model["vocab"], merges, added
@@ -240,7 +246,7 @@ def _read_hf_directory(directory: Path) -> tuple[dict[str, int], list[tuple[str,
 
 
 @functools.lru_cache(maxsize=8)
-def _directory_encoding(directory: str, signature: tuple) -> tuple[tiktoken.Encoding, frozenset[str]]:
+def _directory_encoding(directory: str, signature: tuple) -> tuple[tiktoken.Encoding, frozenset[str], frozenset[int]]:
     # `signature` (file names, sizes, mtimes) is only part of the cache key, so an edited
     # directory is read again.
     with _gc_paused():
@@ -285,13 +291,15 @@ class Tokenizer:
         specials_in_text: Optional[frozenset[str]] = None,
         eos_token: str = ENDOFTEXT,
         source: Optional[str] = None,
+        token_ids: Optional[frozenset[int]] = None,
     ):
         """Wrap a tiktoken Encoding. `specials_in_text`: the special tokens that `encode`
-        recognises in text by default (all of the encoding's, if None)."""
-        if eos_token not in encoding._special_tokens:
-            raise ValueError(
+        recognises in text by default (all of the encoding's, if None). `token_ids`: every id
+        that is a token, when the vocabulary skips some (None: every id below `n_vocab`)."""
+        if eos_token not in encoding.special_tokens_set:
+            raise ArgumentError(
                 f"the vocabulary has no special token {eos_token!r}; special tokens: "
-                f"{sorted(encoding._special_tokens)}"
+                f"{sorted(encoding.special_tokens_set)}"
             )
         self._encoding = encoding
         all_specials = encoding.special_tokens_set
@@ -305,15 +313,14 @@ class Tokenizer:
         self.eos_token: str = eos_token
         self.bos_token: str = eos_token
         self.pad_token: str = eos_token
-        self.eos_token_id: int = encoding._special_tokens[eos_token]
+        self.eos_token_id: int = encoding.encode_single_token(eos_token)
         self.bos_token_id: int = self.eos_token_id
         self.pad_token_id: int = self.eos_token_id
         # Which side batches of different lengths are padded on when no padding_side is passed
         # (as a Hugging Face tokenizer's attribute; the model also reads it for token input).
         self.padding_side: PaddingSide = "right"
-        n_tokens = len(encoding._mergeable_ranks) + len(encoding._special_token_values)
         # Whether every id in [0, vocab_size) is a token (true for GPT-2); if not, we check membership.
-        self._ids_contiguous = n_tokens == self.vocab_size
+        self._valid_ids = token_ids if token_ids is not None and len(token_ids) != self.vocab_size else None
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -331,8 +338,8 @@ class Tokenizer:
         files looked for when neither is there.
         """
         directory = Path(path).expanduser().resolve()
-        encoding, specials_in_text = _directory_encoding(str(directory), _directory_signature(directory))
-        return cls(encoding, specials_in_text, _eos_token_of(directory, encoding), source=str(directory))
+        encoding, specials_in_text, token_ids = _directory_encoding(str(directory), _directory_signature(directory))
+        return cls(encoding, specials_in_text, _eos_token_of(directory, encoding), source=str(directory), token_ids=token_ids)
 
     def __reduce__(self):
         # Pickle by reference: unpickling rebuilds (or reuses the cached) vocabulary.
@@ -363,7 +370,7 @@ class Tokenizer:
     ) -> list[list[int]]:
         """`encode` for each text; long batches are encoded on several threads."""
         if isinstance(texts, str):
-            raise TypeError("encode_batch expects a list of strings, got a single str (use encode)")
+            raise ArgumentTypeError("encode_batch expects a list of strings, got a single str (use encode)")
         allowed = self._allowed(allowed_special)
         if len(texts) < 16:  # a thread pool costs more than it saves on a handful of texts
             return [self._encoding.encode(t, allowed_special=allowed, disallowed_special=()) for t in texts]
@@ -374,13 +381,13 @@ class Tokenizer:
     ) -> Union[Literal["all"], set[str], frozenset[str]]:
         if isinstance(allowed_special, str):
             if allowed_special != "all":
-                raise ValueError(
+                raise ArgumentError(
                     f"allowed_special must be 'all' or a collection of special tokens, got {allowed_special!r}"
                 )
             return self._allowed_by_default
         unknown = set(allowed_special) - self._encoding.special_tokens_set
         if unknown:
-            raise ValueError(
+            raise ArgumentError(
                 f"unknown special tokens {sorted(unknown)}; valid: {sorted(self._encoding.special_tokens_set)}"
             )
         return set(allowed_special)
@@ -409,16 +416,14 @@ class Tokenizer:
 
         Raises KeyError when the string is not a single token.
         """
-        if isinstance(token, str) and token in self._encoding._special_tokens:
-            return self._encoding._special_tokens[token]
-        token_bytes = token.encode("utf-8") if isinstance(token, str) else token
-        rank = self._encoding._mergeable_ranks.get(token_bytes)
-        if rank is None:
+        try:
+            return self._encoding.encode_single_token(token)  # a special token's text, or a token's bytes
+        except KeyError:
+            token_bytes = token.encode("utf-8") if isinstance(token, str) else token
             raise KeyError(
                 f"{token!r} is not a token in the vocabulary; it encodes as "
                 f"{self.decode_tokens(self._encoding.encode_ordinary(token_bytes.decode('utf-8', 'replace')))}"
-            )
-        return rank
+            ) from None
 
     def id_to_token(self, token_id: int) -> str:
         """The text of one token id (replacement characters where it is not valid UTF-8 alone)."""
@@ -433,9 +438,9 @@ class Tokenizer:
                 else np.issubdtype(ids.dtype, np.integer)
             )
             if not is_int:
-                raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
+                raise ArgumentTypeError(f"token ids must be integers, got dtype {ids.dtype}")
             if ids.ndim > 1:
-                raise ValueError(
+                raise ArgumentError(
                     f"expected a 1-D sequence of token ids, got shape {tuple(ids.shape)}; "
                     "use to_string for a batch"
                 )
@@ -446,7 +451,7 @@ class Tokenizer:
             id_list = list(ids)
             for i in id_list:
                 if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
-                    raise TypeError(f"token ids must be integers, got {type(i).__name__} {i!r}")
+                    raise ArgumentTypeError(f"token ids must be integers, got {type(i).__name__} {i!r}")
             id_list = [int(i) for i in id_list]
         self._check_ids(id_list)
         return id_list
@@ -456,27 +461,21 @@ class Tokenizer:
             return
         if min(id_list) < 0 or max(id_list) >= self.vocab_size:
             bad = next(i for i in id_list if not 0 <= i < self.vocab_size)
-            raise ValueError(f"token id {bad} is out of range: valid ids are 0 to {self.vocab_size - 1}")
-        if not self._ids_contiguous:
-            valid = self._valid_ids
+            raise ArgumentError(f"token id {bad} is out of range: valid ids are 0 to {self.vocab_size - 1}")
+        if self._valid_ids is not None:
             for i in id_list:
-                if i not in valid:
-                    raise ValueError(f"token id {i} is not in the vocabulary (ids range over 0 to {self.vocab_size - 1})")
-
-    @functools.cached_property
-    def _valid_ids(self) -> frozenset:
-        return frozenset(self._encoding._mergeable_ranks.values()) | self._encoding._special_token_values
+                if i not in self._valid_ids:
+                    raise ArgumentError(f"token id {i} is not in the vocabulary (ids range over 0 to {self.vocab_size - 1})")
 
 
 @functools.lru_cache(maxsize=None)
 def _gpt2_tokenizer() -> Tokenizer:
-    encoding, specials_in_text = _gpt2_encoding()
-    return Tokenizer(encoding, specials_in_text)
+    return Tokenizer(_gpt2_encoding(), frozenset({ENDOFTEXT}))
 
 
 def _eos_token_of(directory: Path, encoding: tiktoken.Encoding) -> str:
     """"<|endoftext|>" when the vocabulary has it, else the eos_token of tokenizer_config.json."""
-    if ENDOFTEXT in encoding._special_tokens:
+    if ENDOFTEXT in encoding.special_tokens_set:
         return ENDOFTEXT
     config = directory / "tokenizer_config.json"
     if config.is_file():
@@ -485,7 +484,7 @@ def _eos_token_of(directory: Path, encoding: tiktoken.Encoding) -> str:
             eos = eos.get("content")
         if isinstance(eos, str):
             return eos
-    raise ValueError(
+    raise ArgumentError(
         f"{directory}: the vocabulary has no {ENDOFTEXT!r} token and tokenizer_config.json names no eos_token"
     )
 
@@ -513,15 +512,15 @@ def to_tokens_with_mask(
     if padding_side is None:
         padding_side = getattr(tokenizer, "padding_side", "right")
     if padding_side not in PADDING_SIDES:
-        raise ValueError(f"padding_side must be one of {list(PADDING_SIDES)}, got {padding_side!r}")
+        raise ArgumentError(f"padding_side must be one of {list(PADDING_SIDES)}, got {padding_side!r}")
     if max_length is not None and max_length < 1:
-        raise ValueError(f"max_length must be a positive number of tokens, got {max_length}")
+        raise ArgumentError(f"max_length must be a positive number of tokens, got {max_length}")
     texts = [input] if isinstance(input, str) else list(input)
     if not texts:
-        raise ValueError("cannot tokenize an empty list of strings")
+        raise ArgumentError("input: cannot tokenize an empty list of strings")
     for text in texts:
         if not isinstance(text, str):
-            raise TypeError(f"expected strings to tokenize, got {type(text).__name__} {text!r}")
+            raise ArgumentTypeError(f"input: expected a string or a list of strings to tokenize, got {type(text).__name__} {text!r}")
 
     bos = [tokenizer.bos_token_id] if prepend_bos else []
     sequences = [(bos + ids)[:max_length] for ids in tokenizer.encode_batch(texts)]
@@ -561,7 +560,7 @@ def to_string(
         if tokens.ndim == 2:
             return [tokenizer.decode(row) for row in tokens]
         if tokens.ndim > 2:
-            raise ValueError(f"expected token ids of shape [pos] or [batch, pos], got {tuple(tokens.shape)}")
+            raise ArgumentError(f"expected token ids of shape [pos] or [batch, pos], got {tuple(tokens.shape)}")
         return tokenizer.decode(tokens)
     tokens = list(tokens)
     if tokens and not isinstance(tokens[0], (int, np.integer)):
@@ -575,7 +574,7 @@ def _as_1d_ids(tokens: TokenIds, what: str) -> list[int]:
         if tokens.ndim == 2 and tokens.shape[0] == 1:
             tokens = tokens[0]
         if tokens.ndim != 1:
-            raise ValueError(f"{what} expects token ids of shape [pos] or [1, pos], got {tuple(tokens.shape)}")
+            raise ArgumentError(f"{what} expects token ids of shape [pos] or [1, pos], got {tuple(tokens.shape)}")
         return [int(i) for i in tokens.tolist()]
     return [int(i) for i in tokens]
 
@@ -602,7 +601,7 @@ def to_single_token(tokenizer: Tokenizer, string: str) -> int:
     """The id of a string that is exactly one token (" world" -> 995); ValueError otherwise."""
     ids = tokenizer.encode(string)
     if len(ids) != 1:
-        raise ValueError(
+        raise ArgumentError(
             f"{string!r} is {len(ids)} tokens, not a single token: {tokenizer.decode_tokens(ids)} (ids {ids})"
         )
     return ids[0]
@@ -619,7 +618,7 @@ def get_token_position(
     with BOS when `prepend_bos`, or 1-D ids). `mode` picks the first or last occurrence.
     """
     if mode not in ("first", "last"):
-        raise ValueError(f"mode must be one of ['first', 'last'], got {mode!r}")
+        raise ArgumentError(f"mode must be one of ['first', 'last'], got {mode!r}")
     if isinstance(single_token, str):
         token_id = to_single_token(tokenizer, single_token)
     else:
@@ -631,7 +630,7 @@ def get_token_position(
         ids = _as_1d_ids(input, "get_token_position")
     positions = [pos for pos, i in enumerate(ids) if i == token_id]
     if not positions:
-        raise ValueError(
+        raise ArgumentError(
             f"token {tokenizer.id_to_token(token_id)!r} (id {token_id}) does not occur in the input "
             f"{tokenizer.decode_tokens(ids)}"
         )

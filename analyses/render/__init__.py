@@ -13,7 +13,8 @@ package turns tensors into their props and the props into HTML:
 Views: `attention_heads`, `attention_pattern`, `colored_tokens`,
 `logit_lens_grid`, `top_k_tokens`; `attention(model, text, layer)` goes from
 a model straight to the heads of one layer; `render(name, **props)` mounts any
-component with props of your own.
+component with props of your own. `report_page(title, sections)` / `save_report(path, ...)`
+put several figures, tables and views on one offline page.
 
 Rebuilding the bundle (after changing `web/src`): `cd web && npm ci && npm run build`.
 `python -m analyses.render.bundle_hash` checks that the committed bundle
@@ -21,6 +22,7 @@ matches the sources.
 """
 
 from .html import COMPONENTS, RenderedHTML, render
+from .report import report_page, save_report
 from .views import (
     attention,
     attention_heads,
@@ -39,5 +41,7 @@ __all__ = [
     "colored_tokens",
     "logit_lens_grid",
     "render",
+    "report_page",
+    "save_report",
     "top_k_tokens",
 ]
