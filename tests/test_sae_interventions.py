@@ -87,7 +87,7 @@ def test_splice_holds_through_generate(model):
     sae.add_hook("hook_sae_acts_post", lambda acts, hook: calls.append(acts.shape[1]))
     prompt = torch.randint(0, 1000, (1, 4), generator=torch.Generator().manual_seed(1))
     with splice(model, sae):
-        model.generate(prompt, max_new_tokens=3, do_sample=False, verbose=False)
+        model.generate(prompt, max_new_tokens=3, do_sample=False)
     sae.reset_hooks()
     assert calls[0] == 4 and len(calls) >= 3  # the prompt, then each new token
     assert no_hooks(model)
