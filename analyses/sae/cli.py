@@ -51,7 +51,7 @@ def cmd_train(args) -> int:
     last = result["history"][-1] if result["history"] else {}
     print(json.dumps({"sae_dir": result["sae_dir"], "checkpoint": result["checkpoint"], "interrupted": result["interrupted"],
                       **{k: last.get(k) for k in ("step", "mse", "l0", "explained_variance", "dead_fraction")}}))
-    return 0
+    return 130 if result["interrupted"] else 0
 
 
 def cmd_eval(args) -> int:
