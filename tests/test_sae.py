@@ -281,3 +281,18 @@ def test_topk_dead_features_get_an_auxiliary_gradient():
 def test_train_rejects_a_source_of_the_wrong_width(tmp_path):
     with pytest.raises(SAETrainingError, match="d_in=16"):
         train_sae(SAEConfig(d_in=8, d_sae=16), SAETrainConfig(out_dir=str(tmp_path)), TensorActivations(torch.randn(10, 16)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_shard_source_reads_half_precision_shards(tmp_path, dtype):
+    model = perturbed_model()
+    tokens = torch.randint(0, 1000, (4, 8), generator=torch.Generator().manual_seed(0))
+    collect_activations(model, tokens, ["blocks.0.hook_resid_post"], tmp_path, dtype=dtype, disable=True)
+    stored = load_activations(tmp_path)["blocks.0.hook_resid_post"].reshape(-1, 64)
+    assert stored.dtype == dtype
+    source = ShardActivations(tmp_path, "blocks.0.hook_resid_post")
+    got = source.sample(32)
+    assert got.dtype == torch.float32
+    expected = stored.float()
+    for row in got:  # each served row is one stored row, converted exactly
+        assert (expected - row).abs().max(-1).values.min() == 0

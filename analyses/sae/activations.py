@@ -102,15 +102,15 @@ class _PermutedArrays:
             local = index_np[mask] - self.starts[i]
             array = self.arrays[i]
             if isinstance(array, Tensor):
-                rows = array[torch.from_numpy(local)]
+                rows = array[torch.from_numpy(local)].float()
             else:
                 order = np.argsort(local)  # read the memmap in file order
                 rows_sorted = torch.from_numpy(np.ascontiguousarray(array[local[order]]))
-                rows = torch.empty_like(rows_sorted)
-                rows[torch.from_numpy(order)] = rows_sorted
-            if self.bfloat16 and not isinstance(array, Tensor):
-                rows = rows.view(torch.bfloat16)
-            out[torch.from_numpy(mask)] = rows.float()
+                if self.bfloat16:
+                    rows_sorted = rows_sorted.view(torch.bfloat16)
+                rows = torch.empty(len(local), self.d_in, dtype=torch.float32)
+                rows[torch.from_numpy(order)] = rows_sorted.float()
+            out[torch.from_numpy(mask)] = rows
         return out
 
 
