@@ -31,7 +31,7 @@ PLANTED = {  # architecture -> (steps, SAEConfig extras, SAETrainConfig extras)
 }
 
 
-@pytest.mark.parametrize("architecture", list(PLANTED))
+@pytest.mark.parametrize("architecture", ["standard", "topk", pytest.param("jumprelu", marks=pytest.mark.slow)])  # jumprelu: ~12 s
 def test_recovers_a_planted_dictionary(architecture, tmp_path):
     x, dictionary, true_l0 = planted_dictionary()
     steps, sae_extra, train_extra = PLANTED[architecture]

@@ -160,7 +160,7 @@ def test_evaluate_against_manual_numbers(model, tokens):
     ev = evaluate_sae(model, sae, tokens, batch_size=2, disable=True)
     _, cache = model.run_with_cache(tokens, names_filter=[HOOK])
     x = cache[HOOK].reshape(-1, 64)
-    acts = sae.encode(x)
+    acts = sae.encode(x).detach()
     recons = sae.decode(acts)
     assert ev.l0 == pytest.approx(float((acts > 0).sum(-1).float().mean()), rel=1e-6)
     assert ev.mse == pytest.approx(float((recons - x).pow(2).sum(-1).mean()), rel=1e-5)

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from analyses._common import progress, token_strings
-from analyses.collect import DataSource, distributed_rank, token_rows
+from analyses.collect import DataSource, _stop_layer, distributed_rank, token_rows
 
 from .interventions import _feature_ids, steering_hook
 from .sae import SAE
@@ -88,6 +88,7 @@ def feature_dashboards(model: Any, sae: SAE, data: DataSource, features: Optiona
     rows = token_rows(data, seq_len)
     n_rows = rows.shape[0] if max_rows is None else min(max_rows, rows.shape[0])
     rank, world_size = distributed_rank()
+    stop = _stop_layer(model, [hook_name])  # the forward pass ends after the hook's layer
     first, last = n_rows * rank // world_size, n_rows * (rank + 1) // world_size
 
     def batches(desc: str):
@@ -97,7 +98,7 @@ def feature_dashboards(model: Any, sae: SAE, data: DataSource, features: Optiona
     if features is None:  # the densest features on a first batch or so
         counts = torch.zeros(sae.cfg.d_sae)
         for _, tokens in batches("choosing features"):
-            _, cache = model.run_with_cache(tokens, names_filter=[hook_name], return_type=None, return_cache_object=False)
+            _, cache = model.run_with_cache(tokens, names_filter=[hook_name], return_type=None, stop_at_layer=stop, return_cache_object=False)
             counts += (sae.encode(cache[hook_name]) > 0).float().sum(dim=(0, 1)).cpu()
             break
         features = counts.topk(min(16, sae.cfg.d_sae)).indices.tolist()
@@ -106,7 +107,7 @@ def feature_dashboards(model: Any, sae: SAE, data: DataSource, features: Optiona
     per_feature: dict[int, dict[str, Any]] = {f: {"top": [], "values": [], "fires": 0} for f in ids}
     n_tokens = 0
     for start, tokens in batches("feature dashboards"):
-        _, cache = model.run_with_cache(tokens, names_filter=[hook_name], return_type=None, return_cache_object=False)
+        _, cache = model.run_with_cache(tokens, names_filter=[hook_name], return_type=None, stop_at_layer=stop, return_cache_object=False)
         acts = sae.encode(cache[hook_name])[..., ids].cpu()  # [batch, pos, n_features]
         n_tokens += acts.shape[0] * acts.shape[1]
         for j, f in enumerate(ids):
@@ -118,9 +119,10 @@ def feature_dashboards(model: Any, sae: SAE, data: DataSource, features: Optiona
             k = min(n_contexts, a.numel())
             values, flat = a.flatten().topk(k)
             for value, index in zip(values.tolist(), flat.tolist()):
-                if value > 0:
+                if value > 0:  # keep the window's activations now: no second forward pass later
                     b, p = divmod(index, a.shape[1])
-                    entry["top"].append((value, start + b, p))
+                    lo, hi = max(0, p - window[0]), min(a.shape[1], p + window[1] + 1)
+                    entry["top"].append((value, start + b, p, lo, a[b, lo:hi].tolist()))
             entry["top"] = sorted(entry["top"], key=lambda c: -c[0])[:n_contexts]
     for entry in per_feature.values():
         entry["values"] = np.concatenate(entry["values"]) if entry["values"] else np.zeros(0, dtype=np.float32)
@@ -139,13 +141,10 @@ def feature_dashboards(model: Any, sae: SAE, data: DataSource, features: Optiona
     for j, f in enumerate(ids):
         entry = per_feature[f]
         contexts = []
-        for value, row, pos in entry["top"]:
-            lo, hi = max(0, pos - window[0]), min(rows.shape[1], pos + window[1] + 1)
-            row_tokens = torch.as_tensor(np.asarray(rows[row]).astype(np.int64))[None].to(model.device)
-            _, cache = model.run_with_cache(row_tokens, names_filter=[hook_name], return_type=None, return_cache_object=False)
-            row_acts = sae.encode(cache[hook_name][0, lo:hi])[:, f].cpu()
+        for value, row, pos, lo, window_acts in entry["top"]:
+            row_tokens = torch.as_tensor(np.asarray(rows[row, lo : lo + len(window_acts)]).astype(np.int64))
             contexts.append({"row": int(row), "pos": int(pos), "start": int(lo), "peak": int(pos - lo), "max": float(value),
-                             "tokens": token_strings(model, row_tokens[0, lo:hi]), "acts": [round(float(v), 4) for v in row_acts]})
+                             "tokens": token_strings(model, row_tokens), "acts": [round(float(v), 4) for v in window_acts]})
         values = entry["values"]
         if values.size:
             counts, edges = np.histogram(values, bins=histogram_bins)

@@ -330,7 +330,7 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, source: Any, resume: bool
     out_dir = Path(cfg.out_dir)
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
     config_json = {"sae_config": json.dumps(sae_cfg.to_dict(), sort_keys=True),
-                   "train_config": json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("progress", "steps", "checkpoint_interval", "log_interval", "device")}, sort_keys=True),
+                   "train_config": json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("progress", "checkpoint_interval", "log_interval", "device")}, sort_keys=True),
                    "source": json.dumps(source.describe(), sort_keys=True)}
 
     state = load_checkpoint(ckpt_path) if resume else None
@@ -407,10 +407,11 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, source: Any, resume: bool
                 fired = (acts > 0).sum(0).float()
                 centred = x - x.mean(0)
                 sums = torch.stack([(acts > 0).sum(-1).float().mean(), ((acts @ sae.W_dec + sae.b_dec - x).pow(2).sum() / centred.pow(2).sum().clamp(min=1e-12))])
-            if world_size > 1:
+            metrics = torch.stack([loss.detach(), *parts.values()])
+            if world_size > 1:  # (on the training device: nccl reduces GPU tensors only)
                 dist.all_reduce(fired)
-            metrics = torch.stack([loss.detach(), *parts.values()]).cpu()
             _all_reduce_mean([metrics, sums], world_size)
+            metrics, sums = metrics.cpu(), sums.cpu()
             steps_since_fired = torch.where(fired.cpu() > 0, torch.zeros_like(steps_since_fired), steps_since_fired + 1)
 
             resampled = 0
@@ -433,7 +434,7 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, source: Any, resume: bool
                 if (step + 1) % cfg.log_interval == 0:
                     bar.set_postfix(mse=f"{record['mse']:.4g}", l0=f"{record['l0']:.1f}", dead=f"{record['dead_fraction']:.2f}")
             if world_size > 1:
-                stop = torch.tensor(float(interrupted["flag"]))
+                stop = torch.tensor(float(interrupted["flag"]), device=device)
                 dist.all_reduce(stop)
                 interrupted["flag"] = bool(stop > 0)
             if (step + 1) % cfg.checkpoint_interval == 0 or step + 1 == cfg.steps or interrupted["flag"]:
