@@ -161,7 +161,7 @@ def test_evaluate_against_manual_numbers(model, tokens):
     _, cache = model.run_with_cache(tokens, names_filter=[HOOK])
     x = cache[HOOK].reshape(-1, 64)
     acts = sae.encode(x).detach()
-    recons = sae.decode(acts)
+    recons = sae.decode(acts).detach()
     assert ev.l0 == pytest.approx(float((acts > 0).sum(-1).float().mean()), rel=1e-6)
     assert ev.mse == pytest.approx(float((recons - x).pow(2).sum(-1).mean()), rel=1e-5)
     assert ev.explained_variance == pytest.approx(1 - float((recons - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()), rel=1e-5)
