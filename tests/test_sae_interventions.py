@@ -166,10 +166,10 @@ def test_evaluate_against_manual_numbers(model, tokens):
     assert ev.mse == pytest.approx(float((recons - x).pow(2).sum(-1).mean()), rel=1e-5)
     assert ev.explained_variance == pytest.approx(1 - float((recons - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()), rel=1e-5)
     assert ev.ce_loss_with_sae_and_error == pytest.approx(ev.ce_loss_clean, abs=1e-5)
-    zero = float(model.run_with_hooks(tokens, fwd_hooks=[(HOOK, lambda a, hook: torch.zeros_like(a))], return_type="loss"))
+    zero = float(model.run_with_hooks(tokens, fwd_hooks=[(HOOK, lambda a, hook: torch.zeros_like(a))], return_type="loss").detach())
     assert ev.ce_loss_zero_ablation == pytest.approx(zero, abs=1e-5)
     with splice(model, sae):
-        spliced = float(model(tokens, return_type="loss"))
+        spliced = float(model(tokens, return_type="loss").detach())
     assert ev.ce_loss_recovered == pytest.approx((zero - spliced) / (zero - ev.ce_loss_clean), rel=1e-4)
     density = (acts > 0).float().mean(0)
     assert ev.dead_fraction == pytest.approx(float((density == 0).float().mean()))
