@@ -92,3 +92,41 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path, shards):
     assert [r["mse"] for r in read_log(out)] == [r["mse"] for r in read_log(tmp_path / "reference")]
     assert not list(out.rglob("*.tmp"))
     assert json.loads((out / "sae" / "cfg.json").read_text())["d_sae"] == 256
+
+
+DASHBOARD_SCRIPT = r"""
+import json, sys, torch
+import torch.distributed as dist
+sys.path.insert(0, "tests")
+from helpers import perturbed_model
+from analyses.sae import SAE, SAEConfig
+from analyses.sae.dashboard import feature_dashboards
+if "RANK" in __import__("os").environ:
+    dist.init_process_group("gloo")
+model = perturbed_model()
+sae = SAE(SAEConfig(d_in=64, d_sae=64, architecture="topk", k=8, hook_name="blocks.1.hook_resid_pre"), seed=0)
+tokens = torch.randint(0, 1000, (12, 16), generator=torch.Generator().manual_seed(0))
+d = feature_dashboards(model, sae, tokens, features=[1, 4, 6], n_contexts=5, batch_size=2, disable=True)
+if not dist.is_initialized() or dist.get_rank() == 0:
+    open(sys.argv[1], "w").write(json.dumps(d.features))
+"""
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_dashboards_sharded_over_two_processes_equal_one(tmp_path):
+    script = tmp_path / "dash.py"
+    script.write_text(DASHBOARD_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(script), str(tmp_path / "two.json")]
+    done = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    two, one = json.loads((tmp_path / "two.json").read_text()), json.loads((tmp_path / "one.json").read_text())
+    for a, b in zip(two, one):
+        assert a["feature"] == b["feature"] and a["density"] == pytest.approx(b["density"])
+        assert a["histogram"]["counts"] == b["histogram"]["counts"]
+        assert a["histogram"]["edges"] == pytest.approx(b["histogram"]["edges"], abs=1e-5)
+        assert [c["max"] for c in a["contexts"]] == pytest.approx([c["max"] for c in b["contexts"]], abs=1e-6)
+        assert [(c["row"], c["pos"]) for c in a["contexts"]] == [(c["row"], c["pos"]) for c in b["contexts"]]
