@@ -1,6 +1,6 @@
 """Sparse autoencoders on hookgpt's hooks: train, load, splice, inspect and steer features.
 
-    from analyses.sae import SAE, SAEConfig, SAETrainConfig, train_sae, ShardActivations, splice
+    from analyses.sae import SAE, SAEConfig, SAETrainConfig, train_sae, ShardActivations, splice, feature_dashboards
 
     sae = SAE.from_pretrained("hookgpt-shakespeare-resid-pre-1")   # shipped, offline
     with splice(model, sae, use_error_term=True):                 # the hook now runs through the SAE
@@ -19,6 +19,7 @@ Modules, one idea each:
 """
 
 from .activations import ModelActivations, ShardActivations, TensorActivations
+from .dashboard import FeatureDashboards, feature_dashboards
 from .evaluate import SAEEvaluation, evaluate_sae
 from .interventions import (
     FeatureAttribution,
@@ -27,6 +28,7 @@ from .interventions import (
     feature_attribution,
     splice,
     steer_features,
+    steering_hook,
 )
 from .sae import ARCHITECTURES, SAE, SAEConfig
 from .saelens import list_pretrained_saes, load_sae, pretrained_sae_card, save_sae
@@ -35,6 +37,7 @@ from .training import SAETrainConfig, read_log, train_sae
 __all__ = [
     "ARCHITECTURES",
     "FeatureAttribution",
+    "FeatureDashboards",
     "ModelActivations",
     "SAE",
     "SAEConfig",
@@ -46,6 +49,7 @@ __all__ = [
     "clamp_features",
     "evaluate_sae",
     "feature_attribution",
+    "feature_dashboards",
     "list_pretrained_saes",
     "load_sae",
     "pretrained_sae_card",
@@ -53,5 +57,6 @@ __all__ = [
     "save_sae",
     "splice",
     "steer_features",
+    "steering_hook",
     "train_sae",
 ]
