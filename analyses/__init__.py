@@ -14,6 +14,7 @@
 Ablation, patching and steering build interventions (`hookgpt.interventions`) and run them
 through its batched engine.
 - `collect`: activations over a dataset to safetensors shards, and back.
+- `sae`: sparse autoencoders: train on any hook, splice, attribute and steer features, dashboards.
 - `plotting`: the plotly helpers they share.
 
 Tensors for code, `.to_df()` for tables, `.figure()` / `plot_...` for plots. No analysis leaves a
@@ -25,7 +26,7 @@ Submodules are imported on first use, so `import analyses.render` does not load 
 import importlib
 from typing import Any
 
-__all__ = ["ablation", "attribution", "collect", "heads", "logit_lens", "metrics", "patching", "plotting", "steering"]
+__all__ = ["ablation", "attribution", "collect", "heads", "logit_lens", "metrics", "patching", "plotting", "sae", "steering"]
 
 
 def __getattr__(name: str) -> Any:

@@ -299,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a ckpt.pt written by hookgpt train")
     p.add_argument("out", help="output directory")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+
+    from analyses.sae.cli import add_parser as add_sae_parser  # hookgpt sae train|eval|dashboard
+
+    add_sae_parser(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ package turns tensors into their props and the props into HTML:
     >>> view.show()                 # open it in a browser
 
 Views: `attention_heads`, `attention_pattern`, `colored_tokens`,
-`logit_lens_grid`, `top_k_tokens`; `attention(model, text, layer)` goes from
+`logit_lens_grid`, `top_k_tokens`, `feature_dashboard`, `feature_browser` (SAE features); `attention(model, text, layer)` goes from
 a model straight to the heads of one layer; `render(name, **props)` mounts any
 component with props of your own. `report_page(title, sections)` / `save_report(path, ...)`
 put several figures, tables and views on one offline page.
@@ -23,6 +23,7 @@ matches the sources.
 
 from .html import COMPONENTS, RenderedHTML, render
 from .report import report_page, save_report
+from .sae_views import feature_browser, feature_dashboard
 from .views import (
     attention,
     attention_heads,
@@ -39,6 +40,8 @@ __all__ = [
     "attention_heads",
     "attention_pattern",
     "colored_tokens",
+    "feature_browser",
+    "feature_dashboard",
     "logit_lens_grid",
     "render",
     "report_page",

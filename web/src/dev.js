@@ -5,6 +5,8 @@ import { mount } from './index.js';
 import attentionHeads from './AttentionHeads/mock.json';
 import attentionPattern from './AttentionPattern/mock.json';
 import coloredTokens from './ColoredTokens/mock.json';
+import featureBrowser from './FeatureBrowser/mock.json';
+import featureDashboard from './FeatureDashboard/mock.json';
 import logitLensGrid from './LogitLensGrid/mock.json';
 import topKTokens from './TopKTokens/mock.json';
 
@@ -12,6 +14,8 @@ const mocks = {
   AttentionHeads: attentionHeads,
   AttentionPattern: attentionPattern,
   ColoredTokens: coloredTokens,
+  FeatureBrowser: featureBrowser,
+  FeatureDashboard: featureDashboard,
   LogitLensGrid: logitLensGrid,
   TopKTokens: topKTokens,
 };
