@@ -10,8 +10,8 @@ package turns tensors into their props and the props into HTML:
     >>> view.save("layer0.html")    # one standalone file, no network needed
     >>> view.show()                 # open it in a browser
 
-Views: `attention_heads`, `attention_pattern`, `colored_tokens`,
-`logit_lens_grid`, `top_k_tokens`; `attention(model, text, layer)` goes from
+Views: `attention_heads`, `attention_pattern`, `circuit_graph`,
+`colored_tokens`, `logit_lens_grid`, `top_k_tokens`; `attention(model, text, layer)` goes from
 a model straight to the heads of one layer; `render(name, **props)` mounts any
 component with props of your own.
 
@@ -20,6 +20,7 @@ Rebuilding the bundle (after changing `web/src`): `cd web && npm ci && npm run b
 matches the sources.
 """
 
+from .circuit import circuit_graph
 from .html import COMPONENTS, RenderedHTML, render
 from .views import (
     attention,
@@ -36,6 +37,7 @@ __all__ = [
     "attention",
     "attention_heads",
     "attention_pattern",
+    "circuit_graph",
     "colored_tokens",
     "logit_lens_grid",
     "render",

@@ -9,11 +9,12 @@
 import { mount as mountComponent, unmount } from 'svelte';
 import AttentionHeads from './AttentionHeads/AttentionHeads.svelte';
 import AttentionPattern from './AttentionPattern/AttentionPattern.svelte';
+import CircuitGraph from './CircuitGraph/CircuitGraph.svelte';
 import ColoredTokens from './ColoredTokens/ColoredTokens.svelte';
 import LogitLensGrid from './LogitLensGrid/LogitLensGrid.svelte';
 import TopKTokens from './TopKTokens/TopKTokens.svelte';
 
-export const components = { AttentionHeads, AttentionPattern, ColoredTokens, LogitLensGrid, TopKTokens };
+export const components = { AttentionHeads, AttentionPattern, CircuitGraph, ColoredTokens, LogitLensGrid, TopKTokens };
 
 // eslint-disable-next-line no-undef
 export const version = __HOOKGPT_VIEWS_VERSION__;
