@@ -536,3 +536,13 @@ def test_circuit_graph_of_gpt2_small_size(tab):
     tab.screenshot("circuit-12x12")
     assert painted_ms < 5000
     tab.assert_clean()
+
+
+def test_circuit_graph_reports_bad_props_inside_the_view(tab):
+    """Props that bypass circuit_graph's checks (render() directly) fail visibly, naming the field."""
+    nodes = [{"id": "a", "layer": -1, "kind": "embed", "label": "a"}, {"id": "b", "layer": 0, "kind": "head", "label": "b"}]
+    path = views.render("CircuitGraph", nodes=nodes, edges=[{"source": "a", "target": "c", "score": 1}]).save(tab.directory / "bad.html")
+    tab.page.goto(path.as_uri())
+    tab.page.wait_for_selector(".hookgpt-view-root pre")
+    assert 'edges[0].target is "c", which is not a node id' in text(tab.page, ".hookgpt-view-root pre")
+    assert tab.blocked == []

@@ -81,6 +81,9 @@ def test_html_contains_the_component_and_the_data(tmp_path):
     assert re.search(r"[a-z][a-z0-9+.-]*://", text, re.I) is None, "no URL of any scheme"
     assert "<title>a circuit</title>" in text
     assert props_of(text)["edges"][3] == {"source": "L0H1", "target": "L1H0", "receiver": "k", "score": 0.9}
+    fragment = views.circuit_graph(nodes, edges)._repr_html_()  # a notebook output
+    assert 'window.hookgptViews.mount("CircuitGraph", element, props);' in fragment
+    assert props_of(fragment)["nodes"] == nodes
 
 
 def test_labels_default_to_ids_and_numbers_of_any_kind_are_accepted():
