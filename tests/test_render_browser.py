@@ -531,6 +531,16 @@ def test_circuit_graph_of_gpt2_small_size(tab):
     assert shown == round(len(edges) ** 0.5)
     threshold = float(page.locator(".edge-count").get_attribute("data-threshold"))
     assert threshold == np.sort(np.abs(scores))[::-1][shown - 1]
+    # No room beside the graph at this width: a clicked node's panel opens over the graph, next to the node.
+    page.click('g.node[data-id="L2H1"]')
+    panel = page.locator('.node-panel.popover[data-id="L2H1"]').bounding_box()
+    node = page.locator('g.node[data-id="L2H1"] rect').bounding_box()
+    graph = page.locator("svg.graph").bounding_box()
+    assert panel["x"] >= node["x"] + node["width"], "the panel covers the node it describes"
+    assert graph["y"] <= panel["y"] and panel["y"] + panel["height"] <= graph["y"] + graph["height"] + 1
+    tab.screenshot("circuit-12x12-click")
+    page.click(".node-panel .close")
+    assert page.locator(".node-panel").count() == 0
     print(f"\n12 x 12 circuit, {len(edges)} edges: load to first paint {painted_ms:.0f} ms, "
           f"{(tab.directory / 'circuit-12x12.html').stat().st_size:,} bytes of HTML")
     tab.screenshot("circuit-12x12")
