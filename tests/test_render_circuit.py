@@ -6,6 +6,7 @@ The view itself is driven in Chromium by tests/test_render_browser.py.
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -106,6 +107,29 @@ def test_dataframes_are_accepted_with_gaps_as_missing():
     assert props["nodes"] == nodes
     assert [e.get("receiver") for e in props["edges"]] == ["q", "v", None, "k", "q", None]
     assert [e["score"] for e in props["edges"]] == [e["score"] for e in edges]
+
+
+def test_top_n_or_min_score_sets_the_edges_drawn_at_first():
+    nodes, edges = small_circuit()
+    assert views.circuit_graph(nodes, edges, top_n=2).props["topN"] == 2
+    # |scores| 0.1 0.2 0.3 0.9 0.05 1.5: four are >= 0.2 (the threshold itself included).
+    assert views.circuit_graph(nodes, edges, min_score=0.2).props["topN"] == 4
+    assert views.circuit_graph(nodes, edges, min_score=10).props["topN"] == 0
+    with pytest.raises(ValueError, match=r"give top_n or min_score, not both"):
+        views.circuit_graph(nodes, edges, top_n=3, min_score=0.2)
+    with pytest.raises(ValueError, match=r"min_score is nan"):
+        views.circuit_graph(nodes, edges, min_score=float("nan"))
+
+
+MOCK = Path(__file__).resolve().parents[1] / "web" / "src" / "CircuitGraph" / "mock.json"
+
+
+@pytest.mark.skipif(not MOCK.exists(), reason="web/ sources not in this checkout")
+def test_the_mock_of_the_component_passes_the_checks():
+    mock = json.loads(MOCK.read_text())
+    props = views.circuit_graph(**mock).props
+    assert props["nodes"] == mock["nodes"] and props["edges"] == mock["edges"]
+    assert props["patterns"] == mock["patterns"] and props["title"] == mock["title"]
 
 
 def test_patterns_are_checked_and_rounded():

@@ -36,6 +36,8 @@ from .props import as_array, check_finite, check_shape, check_square, check_toke
 
 NODE_KINDS = ("embed", "head", "mlp", "logits")
 RECEIVERS = ("q", "k", "v")
+#: Edges drawn when the view opens, strongest first (a GPT-2-small graph has ~32k).
+DEFAULT_TOP_N = 200
 #: Significant digits kept of each score in the HTML (the view shows four).
 SCORE_DIGITS = 6
 
@@ -236,7 +238,8 @@ def circuit_graph(
     patterns: Mapping[str, Mapping[str, Any]] | None = None,
     title: str | None = None,
     *,
-    top_n: int = 200,
+    top_n: int | None = None,
+    min_score: float | None = None,
     decimals: int = 3,
 ) -> RenderedHTML:
     """A circuit as a layered graph: embeddings at the bottom, layers upward, logits at the top.
@@ -265,8 +268,10 @@ def circuit_graph(
             "pattern": [query_pos, key_pos] attention weights}}` (tensor,
             array or nested lists), shown when that head is clicked.
         title: heading shown above the view.
-        top_n: how many edges (strongest |score| first) are drawn at first;
-            the slider in the view changes it.
+        top_n: how many edges (strongest |score| first) are drawn at first
+            (default 200); the slider in the view changes it.
+        min_score: instead of `top_n`: draw at first the edges with
+            |score| >= min_score.
         decimals: rounding of the attention weights in the HTML (scores keep
             6 significant digits).
 
@@ -281,7 +286,12 @@ def circuit_graph(
     """
     checked_nodes = _check_nodes(nodes)
     checked_edges = _check_edges(edges, checked_nodes)
-    top_n = _integer(top_n, "top_n")
+    if top_n is not None and min_score is not None:
+        raise ValueError("give top_n or min_score, not both: each sets which edges are drawn at first")
+    if min_score is not None:
+        threshold = _score(min_score, "min_score")
+        top_n = sum(abs(edge["score"]) >= threshold for edge in checked_edges)
+    top_n = DEFAULT_TOP_N if top_n is None else _integer(top_n, "top_n")
     if top_n < 0:
         raise ValueError(f"top_n must be >= 0 (edges drawn at first), got {top_n}")
     props: dict[str, Any] = {"nodes": checked_nodes, "edges": checked_edges, "topN": top_n}
