@@ -473,6 +473,12 @@ def test_circuit_graph_hover_threshold_and_click(tab):
     assert text(page, ".tooltip .label") == "L0H3"
     assert text(page, ".tooltip .score") == four_significant(nodes[4]["score"])
 
+    # Hovering a node lights exactly its edges.
+    incident = [i for i, e in enumerate(edges) if "L0H3" in (e["source"], e["target"])]
+    assert sorted(int(i) for i in page.locator("g.edge.lit").evaluate_all("els => els.map((e) => e.dataset.index)")) == incident
+    page.mouse.move(2, 2)
+    assert page.locator(".tooltip").count() == 0 and page.locator("g.edge.lit, g.edge.dim").count() == 0
+
     # Thin to the 10 strongest edges: exactly those stay, and the threshold is the 10th |score|.
     page.evaluate(SET_SLIDER, 10)
     top10 = np.argsort(-np.abs(scores), kind="stable")[:10]
@@ -499,6 +505,12 @@ def test_circuit_graph_hover_threshold_and_click(tab):
     page.mouse.move(box["x"] + 1.5 * cell, box["y"] + 4.5 * cell)
     assert text(page, ".pattern-info .value") == f"{pattern[4, 1]:.3f}"
     tab.screenshot("circuit-2x4-click-head")
+
+    # The keyboard works too: Enter on a focused node selects it.
+    page.focus('g.node[data-id="MLP0"]')
+    page.keyboard.press("Enter")
+    assert page.locator('.node-panel[data-id="MLP0"]').count() == 1
+    assert page.locator(".node-panel .no-pattern").count() == 0  # an MLP has no pattern to miss
 
     # A head without a pattern says so; clicking it again closes the panel.
     page.click('g.node[data-id="L0H0"]')
@@ -556,3 +568,31 @@ def test_circuit_graph_reports_bad_props_inside_the_view(tab):
     tab.page.wait_for_selector(".hookgpt-view-root pre")
     assert 'edges[0].target is "c", which is not a node id' in text(tab.page, ".hookgpt-view-root pre")
     assert tab.blocked == []
+
+
+def test_circuit_graph_heads_without_index_and_long_labels(tab):
+    """Heads placed in order when they carry no index; long labels are cut to fit and shown whole on hover."""
+    nodes = [{"id": "tok", "layer": -1, "kind": "embed", "label": "token embedding"},
+             {"id": "pos", "layer": -1, "kind": "embed", "label": "position embedding"}]
+    nodes += [{"id": f"a{l}.{h}", "layer": l, "kind": "head", "label": f"blocks.{l}.attn.head{h}"} for l in range(3) for h in range(3)]
+    nodes += [{"id": f"m{l}", "layer": l, "kind": "mlp", "label": f"blocks.{l}.mlp"} for l in range(3)]
+    nodes.append({"id": "logits", "layer": 3, "kind": "logits", "label": "logits"})
+    edges = [{"source": "tok", "target": "a0.1", "receiver": "v", "score": 0.5},
+             {"source": "a0.1", "target": "a2.2", "receiver": "q", "score": -0.7},
+             {"source": "a2.2", "target": "m2", "score": 0.25},
+             {"source": "m2", "target": "logits", "score": 1.0}]
+    page = tab.open(views.circuit_graph(nodes, edges), "circuit-long-labels")
+    boxes = page.evaluate(NODE_BOXES)
+    assert_no_overlaps(boxes)
+    by_id = {box["id"]: box for box in boxes}
+    assert by_id["a1.0"]["x"] < by_id["a1.1"]["x"] < by_id["a1.2"]["x"] < by_id["m1"]["x"]
+    assert by_id["a0.2"]["x"] == by_id["a2.2"]["x"]
+    # Cut in the middle, so heads of one row (same prefix) still differ.
+    start, end = by_id["a1.2"]["text"].split("…")
+    assert "blocks.1.attn.head2".startswith(start) and "blocks.1.attn.head2".endswith(end) and end.endswith("head2")
+    assert len({by_id[f"a1.{h}"]["text"] for h in range(3)}) == 3
+    assert by_id["tok"]["text"] == "token embedding"
+    page.hover('g.node[data-id="a1.2"]')
+    assert text(page, ".tooltip .label") == "blocks.1.attn.head2"
+    tab.screenshot("circuit-long-labels")
+    tab.assert_clean()

@@ -18,10 +18,16 @@ const PORT_FRACTION = { q: 0.22, k: 0.5, v: 0.78 };
 
 const clamp = (x, lo, hi) => Math.min(hi, Math.max(lo, x));
 
-/** Text that fits in `width` px of 11px monospace, with an ellipsis when cut. */
+/**
+ * Text that fits in `width` px of 11px monospace. A long label loses its middle
+ * ("blocks.3.attn.head7" -> "bloc…n.head7"): labels of one row tend to share a
+ * prefix and differ at the end. The whole label shows on hover.
+ */
 export function fitLabel(label, width) {
-  const chars = Math.max(2, Math.floor((width - 8) / CHAR_W));
-  return label.length <= chars ? label : `${label.slice(0, chars - 1)}…`;
+  const chars = Math.max(3, Math.floor((width - 8) / CHAR_W));
+  if (label.length <= chars) return label;
+  const start = Math.floor((chars - 1) / 3);
+  return `${label.slice(0, start)}…${label.slice(label.length - (chars - 1 - start))}`;
 }
 
 function rowName(layer, minLayer, maxLayer, hasLogits, hasEmbed) {
