@@ -196,7 +196,9 @@ def _check_edges(edges: Any, nodes: Sequence[Mapping[str, Any]]) -> list[dict[st
             )
         key = (source["id"], target["id"], receiver)
         if key in seen:
-            raise ValueError(f"{where} repeats edges[{seen[key]}] ({source['id']!r} -> {target['id']!r}, receiver {receiver!r})")
+            raise ValueError(
+                f"{where} repeats edges[{seen[key]}] ({source['id']!r} -> {target['id']!r}, receiver {receiver!r})"
+            )
         seen[key] = i
         prop: dict[str, Any] = {"source": source["id"], "target": target["id"]}
         if receiver is not None:
@@ -208,7 +210,10 @@ def _check_edges(edges: Any, nodes: Sequence[Mapping[str, Any]]) -> list[dict[st
 
 def _check_patterns(patterns: Any, nodes: Sequence[Mapping[str, Any]], decimals: int) -> dict[str, Any]:
     if not isinstance(patterns, Mapping):
-        raise ValueError(f"patterns must be a dict {{node id: {{'tokens': [...], 'pattern': [query_pos, key_pos]}}}}, got {type(patterns).__name__}")
+        raise ValueError(
+            f"patterns must be a dict {{node id: {{'tokens': [...], 'pattern': [query_pos, key_pos]}}}}, "
+            f"got {type(patterns).__name__}"
+        )
     by_id = {node["id"]: node for node in nodes}
     checked = {}
     for node_id, entry in patterns.items():
@@ -218,7 +223,8 @@ def _check_patterns(patterns: Any, nodes: Sequence[Mapping[str, Any]], decimals:
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise ValueError(f"{where}: {node_id!r} is not the id of any node{hint}")
         if by_id[node_id]["kind"] != "head":
-            raise ValueError(f"{where}: {node_id!r} is a {by_id[node_id]['kind']} node; only heads have an attention pattern")
+            kind = by_id[node_id]["kind"]
+            raise ValueError(f"{where}: {node_id!r} is a {kind} node; only heads have an attention pattern")
         if not isinstance(entry, Mapping) or "tokens" not in entry or "pattern" not in entry:
             raise ValueError(f"{where} must be a dict with 'tokens' [pos] and 'pattern' [query_pos, key_pos]")
         pattern = as_array(entry["pattern"], f"{where}['pattern']")
