@@ -190,6 +190,7 @@ def test_bad_nodes_are_named(index, changes, message):
         (3, {"source": "L0H2"}, r"edges\[3\]\.source 'L0H2' is not the id of any node; did you mean 'L0H[01]', 'L0H[01]'"),
         (3, {"receiver": float("nan")}, r"edges\[3\]\.receiver must be 'q', 'k', 'v' or None, got nan"),
         (5, {"target": "logit"}, r"edges\[5\]\.target 'logit' is not the id of any node; did you mean 'logits'"),
+        (3, {"source": ["L0H1"]}, r"edges\[3\]\.source must be a node id \(str\), got list"),
         (3, {"receiver": "key"}, r"edges\[3\]\.receiver must be 'q', 'k', 'v' or None, got 'key'"),
         (3, {"receiver": "K"}, r"edges\[3\]\.receiver must be 'q', 'k', 'v' or None, got 'K'"),
         (2, {"receiver": "q"}, r"edges\[2\]\.receiver is 'q' but the target 'MLP0' is a mlp node"),

@@ -166,6 +166,8 @@ def _check_edges(edges: Any, nodes: Sequence[Mapping[str, Any]]) -> list[dict[st
         ends = {}
         for key in ("source", "target"):
             node_id = edge[key]
+            if not isinstance(node_id, str):
+                raise ValueError(f"{where}.{key} must be a node id (str), got {type(node_id).__name__} {node_id!r}")
             if node_id not in by_id:
                 close = difflib.get_close_matches(str(node_id), list(by_id), n=3)
                 hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
