@@ -353,3 +353,246 @@ def test_twelve_heads_of_256_tokens_render_fast(tab):
     tab.screenshot("heads-12x256")
     assert timing["painted"] < 3000, report  # target < 1 s; generous for a loaded CI machine
     tab.assert_clean()
+
+
+# --- CircuitGraph ------------------------------------------------------------------------------
+
+
+def full_circuit(n_layers: int, n_heads: int, seed: int = 0):
+    """Every node and edge of a model's graph (as EAP scores them), with distinct random scores.
+
+    Nodes: the embeddings, each head (column = head index), each layer's MLP, the logits. Edges:
+    from every node to every later one, into each head through q, k and v separately.
+    """
+    rng = np.random.default_rng(seed)
+    nodes = [{"id": "embed", "layer": -1, "kind": "embed", "label": "embed"}]
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            nodes.append({"id": f"L{layer}H{head}", "layer": layer, "kind": "head", "label": f"L{layer}H{head}",
+                          "head": head, "score": round(float(rng.normal()), 4)})
+        nodes.append({"id": f"MLP{layer}", "layer": layer, "kind": "mlp", "label": f"MLP {layer}"})
+    nodes.append({"id": "logits", "layer": n_layers, "kind": "logits", "label": "logits"})
+    edges = []
+    for source in nodes:
+        for target in nodes:
+            later = source["layer"] < target["layer"] or (source["kind"], target["kind"]) == ("head", "mlp") and source["layer"] == target["layer"]
+            if source["kind"] == "logits" or target["kind"] == "embed" or not later:
+                continue
+            for receiver in ("q", "k", "v") if target["kind"] == "head" else (None,):
+                edges.append({"source": source["id"], "target": target["id"], "receiver": receiver})
+    scores = rng.permutation(np.linspace(-1, 1.5, len(edges))) * rng.uniform(0.5, 1, len(edges))
+    for edge, score in zip(edges, scores):
+        edge["score"] = round(float(score), 5)
+    return nodes, edges
+
+
+EDGE_MIDPOINT = """
+(index) => {
+  const path = document.querySelector(`g.edge[data-index="${index}"] path.hit`);
+  const point = path.getPointAtLength(path.getTotalLength() / 2);
+  const screen = new DOMPoint(point.x, point.y).matrixTransform(path.getScreenCTM());
+  return [screen.x, screen.y];
+}
+"""
+
+NODE_BOXES = """
+() => [...document.querySelectorAll('g.node')].map((g) => {
+  const box = g.querySelector('rect').getBoundingClientRect();
+  return { id: g.dataset.id, x: box.x, y: box.y, w: box.width, h: box.height, text: g.querySelector('.node-label').textContent };
+})
+"""
+
+SET_SLIDER = """
+(value) => {
+  const slider = document.querySelector('input.top-n');
+  slider.value = String(value);
+  slider.dispatchEvent(new Event('input', { bubbles: true }));
+}
+"""
+
+
+def four_significant(value: float) -> str:
+    """What the view writes for a score (formatScore in web/src/shared/format.js), for |value| in [1e-4, 1e5)."""
+    return repr(float(f"{value:.4g}")).removesuffix(".0")
+
+
+def assert_no_overlaps(boxes):
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            apart = a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"] or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"]
+            assert apart, f"nodes {a['id']} and {b['id']} overlap: {a} {b}"
+
+
+def test_circuit_graph_hover_threshold_and_click(tab):
+    nodes, edges = full_circuit(2, 4, seed=2)
+    scores = np.array([edge["score"] for edge in edges])
+    tokens = ["<|endoftext|>", " A", " B", " C", " A", " B"]
+    pattern = np.round(causal_attention(1, len(tokens), seed=4)[0], 3)
+    view = views.circuit_graph(nodes, edges, patterns={"L1H1": {"tokens": tokens, "pattern": pattern}}, title="2 x 4")
+    page = tab.open(view, "circuit-2x4")
+
+    # Every node and (110 <= top_n) every edge is drawn; each head that receives q/k/v edges has three ports.
+    assert page.locator("g.node").count() == len(nodes) == 12
+    assert page.locator("g.edge").count() == len(edges) == 110
+    assert page.locator("circle.port").count() == 3 * 8
+    assert page.locator(".edge-count").get_attribute("data-shown") == "110"
+
+    # Layers run upwards: embed below layer 0 below layer 1 below the logits; heads in order, MLP to their right.
+    boxes = {box["id"]: box for box in page.evaluate(NODE_BOXES)}
+    assert_no_overlaps(list(boxes.values()))
+    assert all(box["text"] == next(n["label"] for n in nodes if n["id"] == box["id"]) for box in boxes.values())
+    y = lambda node_id: boxes[node_id]["y"]
+    assert y("embed") > y("L0H0") > y("L1H0") > y("logits")
+    assert y("L0H0") > y("MLP0") > y("L1H0")  # the MLP reads its layer's attention: raised half a row
+    assert [boxes[f"L1H{h}"]["x"] for h in range(4)] == sorted(boxes[f"L1H{h}"]["x"] for h in range(4))
+    assert boxes["MLP1"]["x"] > boxes["L1H3"]["x"] + boxes["L1H3"]["w"]
+    assert boxes["L0H2"]["x"] == boxes["L1H2"]["x"]  # a head sits in the column of its index
+
+    # Colour by sign, width by magnitude.
+    strongest, weakest = int(np.argmax(np.abs(scores))), int(np.argmin(np.abs(scores)))
+    negative = int(np.argmin(scores))
+    stroke = lambda i: page.locator(f'g.edge[data-index="{i}"] path.stroke')
+    assert float(stroke(strongest).get_attribute("stroke-width")) > 3 * float(stroke(weakest).get_attribute("stroke-width"))
+    assert stroke(negative).get_attribute("stroke") == "rgb(33, 102, 172)"
+    assert stroke(int(np.argmax(scores))).get_attribute("stroke") == "rgb(178, 24, 43)"
+
+    # Hover the strongest edge: the tooltip names it and shows its score.
+    page.mouse.move(*page.evaluate(EDGE_MIDPOINT, strongest))
+    tooltip = page.locator(".tooltip")
+    assert tooltip.get_attribute("data-index") == str(strongest)
+    edge = edges[strongest]
+    receiver = f" ({edge['receiver']})" if edge["receiver"] else ""
+    assert text(page, ".tooltip .label") == f"{edge['source']} → {edge['target']}{receiver}".replace("MLP", "MLP ")
+    assert text(page, ".tooltip .score") == four_significant(edge["score"])
+    assert float(tooltip.get_attribute("data-score")) == edge["score"]
+    assert page.locator("g.edge.lit").count() == 1
+    tab.screenshot("circuit-2x4-hover-edge")
+
+    # Hover a node: its label and score.
+    page.hover('g.node[data-id="L0H3"]')
+    assert text(page, ".tooltip .label") == "L0H3"
+    assert text(page, ".tooltip .score") == four_significant(nodes[4]["score"])
+
+    # Hovering a node lights exactly its edges.
+    incident = [i for i, e in enumerate(edges) if "L0H3" in (e["source"], e["target"])]
+    assert sorted(int(i) for i in page.locator("g.edge.lit").evaluate_all("els => els.map((e) => e.dataset.index)")) == incident
+    page.mouse.move(2, 2)
+    assert page.locator(".tooltip").count() == 0 and page.locator("g.edge.lit, g.edge.dim").count() == 0
+
+    # Thin to the 10 strongest edges: exactly those stay, and the threshold is the 10th |score|.
+    page.evaluate(SET_SLIDER, 10)
+    top10 = np.argsort(-np.abs(scores), kind="stable")[:10]
+    drawn = {int(i) for i in page.locator("g.edge").evaluate_all("els => els.map((e) => e.dataset.index)")}
+    assert drawn == set(top10.tolist())
+    count = page.locator(".edge-count")
+    assert count.get_attribute("data-shown") == "10"
+    assert float(count.get_attribute("data-threshold")) == abs(scores[top10[-1]])
+    page.evaluate(SET_SLIDER, 0)
+    assert page.locator("g.edge").count() == 0
+    page.evaluate(SET_SLIDER, 25)
+    assert page.locator("g.edge").count() == 25
+
+    # Click L1H1: its panel lists its strongest inputs and shows its attention pattern.
+    page.click('g.node[data-id="L1H1"]')
+    assert page.locator('g.node.selected').get_attribute("data-id") == "L1H1"
+    panel = page.locator('.node-panel[data-id="L1H1"]')
+    inputs = [i for i in np.argsort(-np.abs(scores), kind="stable") if edges[i]["target"] == "L1H1"][:5]
+    listed = panel.locator(".edge-list").first.locator(".edge-item")
+    assert [int(listed.nth(k).get_attribute("data-index")) for k in range(listed.count())] == inputs
+    assert page.locator('.pattern-panel[data-id="L1H1"] canvas').count() == 1
+    box = page.locator(".pattern-panel canvas").bounding_box()
+    cell = box["width"] / len(tokens)
+    page.mouse.move(box["x"] + 1.5 * cell, box["y"] + 4.5 * cell)
+    assert text(page, ".pattern-info .value") == f"{pattern[4, 1]:.3f}"
+    tab.screenshot("circuit-2x4-click-head")
+
+    # The keyboard works too: Enter on a focused node selects it.
+    page.focus('g.node[data-id="MLP0"]')
+    page.keyboard.press("Enter")
+    assert page.locator('.node-panel[data-id="MLP0"]').count() == 1
+    assert page.locator(".node-panel .no-pattern").count() == 0  # an MLP has no pattern to miss
+
+    # A head without a pattern says so; clicking it again closes the panel.
+    page.click('g.node[data-id="L0H0"]')
+    assert page.locator('.node-panel[data-id="L0H0"] .no-pattern').count() == 1
+    assert page.locator(".pattern-panel").count() == 0
+    page.click('g.node[data-id="L0H0"]')
+    assert page.locator(".node-panel").count() == 0
+    tab.assert_clean()
+
+
+def test_circuit_graph_of_gpt2_small_size(tab):
+    """12 layers x 12 heads, all ~32k edges in the props: the strongest 200 drawn, readable, no overlaps."""
+    nodes, edges = full_circuit(12, 12, seed=3)
+    scores = np.array([edge["score"] for edge in edges])
+    page = tab.open(views.circuit_graph(nodes, edges, title="12 x 12"), "circuit-12x12", init_script=TIMING_SCRIPT)
+    page.wait_for_function("window.__hookgptTiming && window.__hookgptTiming.painted", timeout=20_000)
+    painted_ms = page.evaluate("window.__hookgptTiming.painted")
+    assert page.locator("g.node").count() == len(nodes) == 12 * 13 + 2
+    assert len(edges) > 32_000
+    assert page.locator("g.edge").count() == 200
+    boxes = page.evaluate(NODE_BOXES)
+    assert_no_overlaps(boxes)
+    labels = {node["id"]: node["label"] for node in nodes}
+    assert [box["text"] for box in boxes] == [labels[box["id"]] for box in boxes], "a label was cut"
+    assert min(box["w"] for box in boxes) >= 40 and min(box["h"] for box in boxes) >= 24
+
+    # The slider is logarithmic in the number of edges: its middle shows about sqrt(32k) of them.
+    page.evaluate(SET_SLIDER, 500)
+    shown = page.locator("g.edge").count()
+    assert shown == round(len(edges) ** 0.5)
+    threshold = float(page.locator(".edge-count").get_attribute("data-threshold"))
+    assert threshold == np.sort(np.abs(scores))[::-1][shown - 1]
+    # No room beside the graph at this width: a clicked node's panel opens over the graph, next to the node.
+    page.click('g.node[data-id="L2H1"]')
+    panel = page.locator('.node-panel.popover[data-id="L2H1"]').bounding_box()
+    node = page.locator('g.node[data-id="L2H1"] rect').bounding_box()
+    graph = page.locator("svg.graph").bounding_box()
+    assert panel["x"] >= node["x"] + node["width"], "the panel covers the node it describes"
+    assert graph["y"] <= panel["y"] and panel["y"] + panel["height"] <= graph["y"] + graph["height"] + 1
+    tab.screenshot("circuit-12x12-click")
+    page.click(".node-panel .close")
+    assert page.locator(".node-panel").count() == 0
+    print(f"\n12 x 12 circuit, {len(edges)} edges: load to first paint {painted_ms:.0f} ms, "
+          f"{(tab.directory / 'circuit-12x12.html').stat().st_size:,} bytes of HTML")
+    tab.screenshot("circuit-12x12")
+    assert painted_ms < 5000
+    tab.assert_clean()
+
+
+def test_circuit_graph_reports_bad_props_inside_the_view(tab):
+    """Props that bypass circuit_graph's checks (render() directly) fail visibly, naming the field."""
+    nodes = [{"id": "a", "layer": -1, "kind": "embed", "label": "a"}, {"id": "b", "layer": 0, "kind": "head", "label": "b"}]
+    path = views.render("CircuitGraph", nodes=nodes, edges=[{"source": "a", "target": "c", "score": 1}]).save(tab.directory / "bad.html")
+    tab.page.goto(path.as_uri())
+    tab.page.wait_for_selector(".hookgpt-view-root pre")
+    assert 'edges[0].target is "c", which is not a node id' in text(tab.page, ".hookgpt-view-root pre")
+    assert tab.blocked == []
+
+
+def test_circuit_graph_heads_without_index_and_long_labels(tab):
+    """Heads placed in order when they carry no index; long labels are cut to fit and shown whole on hover."""
+    nodes = [{"id": "tok", "layer": -1, "kind": "embed", "label": "token embedding"},
+             {"id": "pos", "layer": -1, "kind": "embed", "label": "position embedding"}]
+    nodes += [{"id": f"a{l}.{h}", "layer": l, "kind": "head", "label": f"blocks.{l}.attn.head{h}"} for l in range(3) for h in range(3)]
+    nodes += [{"id": f"m{l}", "layer": l, "kind": "mlp", "label": f"blocks.{l}.mlp"} for l in range(3)]
+    nodes.append({"id": "logits", "layer": 3, "kind": "logits", "label": "logits"})
+    edges = [{"source": "tok", "target": "a0.1", "receiver": "v", "score": 0.5},
+             {"source": "a0.1", "target": "a2.2", "receiver": "q", "score": -0.7},
+             {"source": "a2.2", "target": "m2", "score": 0.25},
+             {"source": "m2", "target": "logits", "score": 1.0}]
+    page = tab.open(views.circuit_graph(nodes, edges), "circuit-long-labels")
+    boxes = page.evaluate(NODE_BOXES)
+    assert_no_overlaps(boxes)
+    by_id = {box["id"]: box for box in boxes}
+    assert by_id["a1.0"]["x"] < by_id["a1.1"]["x"] < by_id["a1.2"]["x"] < by_id["m1"]["x"]
+    assert by_id["a0.2"]["x"] == by_id["a2.2"]["x"]
+    # Cut in the middle, so heads of one row (same prefix) still differ.
+    start, end = by_id["a1.2"]["text"].split("…")
+    assert "blocks.1.attn.head2".startswith(start) and "blocks.1.attn.head2".endswith(end) and end.endswith("head2")
+    assert len({by_id[f"a1.{h}"]["text"] for h in range(3)}) == 3
+    assert by_id["tok"]["text"] == "token embedding"
+    page.hover('g.node[data-id="a1.2"]')
+    assert text(page, ".tooltip .label") == "blocks.1.attn.head2"
+    tab.screenshot("circuit-long-labels")
+    tab.assert_clean()

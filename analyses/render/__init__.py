@@ -10,7 +10,7 @@ package turns tensors into their props and the props into HTML:
     >>> view.save("layer0.html")    # one standalone file, no network needed
     >>> view.show()                 # open it in a browser
 
-Views: `attention_heads`, `attention_pattern`, `colored_tokens`,
+Views: `attention_heads`, `attention_pattern`, `circuit_graph`, `colored_tokens`,
 `logit_lens_grid`, `top_k_tokens`, `feature_dashboard`, `feature_browser` (SAE features); `attention(model, text, layer)` goes from
 a model straight to the heads of one layer; `render(name, **props)` mounts any
 component with props of your own. `report_page(title, sections)` / `save_report(path, ...)`
@@ -21,6 +21,7 @@ Rebuilding the bundle (after changing `web/src`): `cd web && npm ci && npm run b
 matches the sources.
 """
 
+from .circuit import circuit_graph
 from .html import COMPONENTS, RenderedHTML, render
 from .report import report_page, save_report
 from .sae_views import feature_browser, feature_dashboard
@@ -39,6 +40,7 @@ __all__ = [
     "attention",
     "attention_heads",
     "attention_pattern",
+    "circuit_graph",
     "colored_tokens",
     "feature_browser",
     "feature_dashboard",

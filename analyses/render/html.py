@@ -38,7 +38,7 @@ BUNDLE_PATH = STATIC_DIR / "hookgpt-views.js"
 MANIFEST_PATH = STATIC_DIR / "bundle.json"
 
 #: The components the bundle exports (web/src/index.js), by mount name.
-COMPONENTS = ("AttentionHeads", "AttentionPattern", "ColoredTokens", "FeatureBrowser", "FeatureDashboard", "LogitLensGrid", "TopKTokens")
+COMPONENTS = ("AttentionHeads", "AttentionPattern", "CircuitGraph", "ColoredTokens", "FeatureBrowser", "FeatureDashboard", "LogitLensGrid", "TopKTokens")
 
 # Offline by construction: inline scripts and styles, data: images, nothing else.
 CONTENT_SECURITY_POLICY = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"

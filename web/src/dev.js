@@ -4,6 +4,7 @@
 import { mount } from './index.js';
 import attentionHeads from './AttentionHeads/mock.json';
 import attentionPattern from './AttentionPattern/mock.json';
+import circuitGraph from './CircuitGraph/mock.json';
 import coloredTokens from './ColoredTokens/mock.json';
 import featureBrowser from './FeatureBrowser/mock.json';
 import featureDashboard from './FeatureDashboard/mock.json';
@@ -13,6 +14,7 @@ import topKTokens from './TopKTokens/mock.json';
 const mocks = {
   AttentionHeads: attentionHeads,
   AttentionPattern: attentionPattern,
+  CircuitGraph: circuitGraph,
   ColoredTokens: coloredTokens,
   FeatureBrowser: featureBrowser,
   FeatureDashboard: featureDashboard,

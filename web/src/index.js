@@ -9,13 +9,14 @@
 import { mount as mountComponent, unmount } from 'svelte';
 import AttentionHeads from './AttentionHeads/AttentionHeads.svelte';
 import AttentionPattern from './AttentionPattern/AttentionPattern.svelte';
+import CircuitGraph from './CircuitGraph/CircuitGraph.svelte';
 import ColoredTokens from './ColoredTokens/ColoredTokens.svelte';
 import FeatureBrowser from './FeatureBrowser/FeatureBrowser.svelte';
 import FeatureDashboard from './FeatureDashboard/FeatureDashboard.svelte';
 import LogitLensGrid from './LogitLensGrid/LogitLensGrid.svelte';
 import TopKTokens from './TopKTokens/TopKTokens.svelte';
 
-export const components = { AttentionHeads, AttentionPattern, ColoredTokens, FeatureBrowser, FeatureDashboard, LogitLensGrid, TopKTokens };
+export const components = { AttentionHeads, AttentionPattern, CircuitGraph, ColoredTokens, FeatureBrowser, FeatureDashboard, LogitLensGrid, TopKTokens };
 
 // eslint-disable-next-line no-undef
 export const version = __HOOKGPT_VIEWS_VERSION__;

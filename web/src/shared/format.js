@@ -35,3 +35,12 @@ export function topIndices(values, k) {
     .slice(0, k)
     .map(([, index]) => index);
 }
+
+/** Four significant digits, for scores of any scale: 0.01234, -3.142, 0.0002, 1.235e-5. */
+export function formatScore(value) {
+  if (!Number.isFinite(value)) return String(value);
+  if (value === 0) return '0';
+  const magnitude = Math.abs(value);
+  if (magnitude < 1e-4 || magnitude >= 1e5) return value.toExponential(3);
+  return String(Number(value.toPrecision(4)));
+}
