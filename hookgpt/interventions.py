@@ -10,7 +10,8 @@ A **site** names what to change: a hook point and an index into its activation.
 
 An **intervention** says what to do there: `patch` (the value from another run's cache), `replace`
 (a given value), `zero`, `mean` (over a reference batch), `resample` (from random prompts of a
-reference batch, seeded), `add` (a steering vector, scaled), `scale`, or `apply` (any function).
+reference batch, seeded), `add` (a steering vector, scaled), `scale`, `apply` (any function), or
+`splice` (through a module such as a sparse autoencoder: `model.saes(sae)`).
 A list of interventions is an **intervention set**: applied together, in one forward pass.
 
 Three ways to run them:
@@ -303,6 +304,23 @@ def apply(s: Union[Site, str], fn: Callable[[Tensor], Tensor]) -> Intervention:
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     return Intervention(_as_site(s), "apply", fn)
+
+
+def splice(module: Any, use_error_term: bool = False, hook_name: Optional[str] = None) -> Intervention:
+    """Run the activation through `module` and use its output instead: a sparse autoencoder's
+    reconstruction (`module(x, use_error_term=...)`, at `module.cfg.hook_name` as in SAELens, or
+    at `hook_name`). With `use_error_term=True` an SAE returns reconstruction + error, which equals
+    its input unless a hook edits its features."""
+    name = hook_name or getattr(getattr(module, "cfg", None), "hook_name", None)
+    if not name:
+        raise ValueError("splice: the module has no cfg.hook_name; pass hook_name= (the hook whose activation it replaces)")
+    if not callable(module):
+        raise TypeError(f"splice: expected a callable module (an SAE), got {type(module).__name__}")
+
+    def through(x: Tensor) -> Tensor:
+        return module(x, use_error_term=use_error_term).to(x.dtype)
+
+    return Intervention(Site.at(name, label=f"{type(module).__name__} at {name}"), "apply", through)
 
 
 def _tensor(value: Any, what: str) -> Tensor:

@@ -530,6 +530,21 @@ class HookedGPT(HookedRootModule):
 
         return attached(self, *interventions)
 
+    def saes(self, *saes: Any, use_error_term: bool = False) -> Any:
+        """A context manager: each sparse autoencoder replaces the activation of its hook
+        (`sae.cfg.hook_name`) by its reconstruction (plus its error term with `use_error_term`, so
+        outputs stay exact) for every forward and generation inside the block
+        (`hookgpt.interventions.splice`; SAEs from `analyses.sae` or any module of that form)."""
+        from hookgpt.interventions import attached, splice
+
+        if not saes:
+            raise ValueError("saes() needs at least one SAE")
+        names = [splice(sae, use_error_term).site.hook_name for sae in saes]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two SAEs read the same hook {twice}; splice one SAE per hook")
+        return attached(self, *[splice(sae, use_error_term) for sae in saes])
+
     def generate(self, input: Any = "", max_new_tokens: int = 10, **kwargs: Any) -> Any:
         """Continue a prompt; see `hookgpt.generate.generate` for the options."""
         from hookgpt.generate import generate

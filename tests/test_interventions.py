@@ -366,3 +366,39 @@ def test_a_non_causal_user_hook_makes_the_engine_fall_back_and_say_so(model, pro
     finally:
         handle.remove()
     torch.testing.assert_close(fast, naive, atol=1e-6, rtol=0)
+
+
+class _TinyAutoencoder(torch.nn.Module):
+    """An SAE-shaped module: `cfg.hook_name`, `forward(x, use_error_term)`."""
+
+    def __init__(self, hook_name, d_model, d_sae=48, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.cfg = type("Cfg", (), {"hook_name": hook_name})()
+        self.W_enc = torch.nn.Parameter(torch.randn(d_model, d_sae, generator=g) * 0.3)
+        self.W_dec = torch.nn.Parameter(torch.randn(d_sae, d_model, generator=g) * 0.3)
+
+    def forward(self, x, use_error_term=False):
+        recons = torch.relu(x @ self.W_enc) @ self.W_dec
+        return recons + (x - recons).detach() if use_error_term else recons
+
+
+def test_saes_splice_through_the_engine_exactly(model, prompts):
+    clean, corrupted = prompts
+    sae = _TinyAutoencoder("blocks.1.hook_resid_pre", 32)
+    plain = model(corrupted)
+    with model.saes(sae, use_error_term=True):
+        torch.testing.assert_close(model(corrupted), plain, atol=1e-5, rtol=0)  # the error term keeps it exact
+    _, cache = model.run_with_cache(clean)
+    sets = [[iv.patch(Site.resid("pre", layer, pos=p), cache)] for layer in range(3) for p in range(9)]
+    with model.saes(sae):  # the reconstruction alone changes the model; the engine stays exact
+        spliced = model(corrupted)
+        fast, _ = iv.evaluate(model, corrupted, sets, last_logit)
+        naive, _ = iv.evaluate(model, corrupted, sets, last_logit, method="naive")
+    assert (spliced - plain).abs().max() > 1e-2
+    torch.testing.assert_close(fast, naive, atol=1e-5, rtol=0)
+    assert no_hooks(model)
+    with pytest.raises(ValueError, match="two SAEs read the same hook"):
+        model.saes(sae, sae)
+    with pytest.raises(ValueError, match="no cfg.hook_name"):
+        iv.splice(torch.nn.Identity())

@@ -18,8 +18,9 @@ SAE is spliced in; with `use_error_term=True` the model then changes by exactly 
 on the reconstruction. `feature_attribution` is activation x gradient of a metric, per feature and
 position, through the spliced SAE.
 
-(This module is the one place that attaches SAE hooks to a model: when `hookgpt.interventions`
-lands, these become sites and operations of that layer.)
+Splicing is an intervention of `hookgpt.interventions` (`splice`, what `model.saes(...)` applies),
+so it composes with every other intervention and the batched engine treats a spliced model
+exactly (fast path == naive loop).
 """
 
 import contextlib
@@ -68,18 +69,8 @@ def splice(model: Any, *saes: SAE, use_error_term: bool = False) -> Iterator[Any
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"two SAEs read the same hook {duplicates}; splice one SAE per hook")
-    handles = []
-    try:
-        for sae, name in zip(saes, names):
-
-            def through_sae(act: Tensor, hook: Any, sae: SAE = sae) -> Tensor:
-                return sae(act, use_error_term=use_error_term).to(act.dtype)
-
-            handles += model.add_hook(name, through_sae)
+    with model.saes(*saes, use_error_term=use_error_term):  # a splice intervention (hookgpt.interventions)
         yield model
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _position_index(positions: Positions) -> Any:
