@@ -9,11 +9,12 @@ from torch import Tensor
 from tqdm import tqdm  # text bars: work in terminals and notebooks alike, no ipywidgets needed
 
 from hookgpt.errors import ArgumentError, ArgumentTypeError, IndexRangeError
+from hookgpt.model import HookedGPT
 
 TokensLike = Union[str, list[str], Tensor]
 
 
-def as_tokens(model: Any, input: TokensLike) -> Int[Tensor, "batch pos"]:
+def as_tokens(model: HookedGPT, input: TokensLike) -> Int[Tensor, "batch pos"]:
     """Text (BOS prepended, as the model does) or token ids `[pos]`/`[batch, pos]` -> `[batch, pos]`
     ids on the model's device."""
     if isinstance(input, (str, list)):
@@ -32,7 +33,7 @@ def as_tokens(model: Any, input: TokensLike) -> Int[Tensor, "batch pos"]:
     return input.to(model.device)
 
 
-def token_strings(model: Any, ids: Union[Tensor, Sequence[int]]) -> list[str]:
+def token_strings(model: HookedGPT, ids: Union[Tensor, Sequence[int]]) -> list[str]:
     """The text of each token id, or `"#<id>"` where the model has no tokenizer that knows it."""
     ids = [int(i) for i in (ids.flatten().tolist() if isinstance(ids, Tensor) else ids)]
     try:
@@ -48,7 +49,7 @@ def token_strings(model: Any, ids: Union[Tensor, Sequence[int]]) -> list[str]:
     return [strings[i] for i in ids]
 
 
-def token_id(model: Any, token: Union[int, str]) -> int:
+def token_id(model: HookedGPT, token: Union[int, str]) -> int:
     """One token id from an id or a string that is exactly one token."""
     if isinstance(token, str):
         return model.to_single_token(token)
@@ -88,12 +89,12 @@ def _index_list(values: Union[None, int, Sequence[int], Tensor], size: int, what
     return out
 
 
-def layer_list(model: Any, layers: Union[None, int, Sequence[int]]) -> list[int]:
+def layer_list(model: HookedGPT, layers: Union[None, int, Sequence[int]]) -> list[int]:
     """Layer indices of `model` (None: all); out of range is an error, never wrapped."""
     return _index_list(layers, model.cfg.n_layers, "layers", "n_layers")
 
 
-def head_list(model: Any, heads: Union[None, int, Sequence[int]]) -> list[int]:
+def head_list(model: HookedGPT, heads: Union[None, int, Sequence[int]]) -> list[int]:
     """Head indices of `model` (None: all); out of range is an error."""
     return _index_list(heads, model.cfg.n_heads, "heads", "n_heads")
 

@@ -26,7 +26,6 @@ from typing import Any, Literal, Optional, Sequence, Union
 
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -35,6 +34,7 @@ from analyses.metrics import Metric
 from analyses.plotting import bar, heatmap
 from hookgpt import interventions as iv
 from hookgpt.interventions import Site
+from hookgpt.model import HookedGPT
 
 Method = Literal["zero", "mean", "resample"]
 Unit = Site  # an ablatable unit is a site: Site.head(L, h), Site.mlp_out(L), Site.neuron(L, n), ...
@@ -87,7 +87,7 @@ class AblationResult:
 
 
 def ablate_units(
-    model: Any,
+    model: HookedGPT,
     input: TokensLike,
     metric: Metric,
     units: Sequence[Site],
@@ -135,7 +135,7 @@ def ablate_units(
 
 
 def ablate_heads(
-    model: Any, input: TokensLike, metric: Metric, method: Method = "zero", layers: Optional[Sequence[int]] = None, **kwargs: Any
+    model: HookedGPT, input: TokensLike, metric: Metric, method: Method = "zero", layers: Optional[Sequence[int]] = None, **kwargs: Any
 ) -> AblationResult:
     """Ablate each attention head (its `hook_z` at every position): effects `[layer, n_heads]`.
     `kwargs` go to `ablate_units` (reference, seed, batch_size, memory_mb, disable)."""
@@ -147,7 +147,7 @@ def ablate_heads(
 
 
 def ablate_mlps(
-    model: Any, input: TokensLike, metric: Metric, method: Method = "zero", layers: Optional[Sequence[int]] = None, **kwargs: Any
+    model: HookedGPT, input: TokensLike, metric: Metric, method: Method = "zero", layers: Optional[Sequence[int]] = None, **kwargs: Any
 ) -> AblationResult:
     """Ablate each MLP layer (`hook_mlp_out` at every position): effects `[layer]`."""
     if model.cfg.attn_only:
@@ -159,7 +159,7 @@ def ablate_mlps(
 
 
 def ablate_neurons(
-    model: Any,
+    model: HookedGPT,
     input: TokensLike,
     metric: Metric,
     method: Method = "zero",
@@ -179,7 +179,7 @@ def ablate_neurons(
 
 
 def ablate_positions(
-    model: Any,
+    model: HookedGPT,
     input: TokensLike,
     metric: Metric,
     method: Method = "zero",

@@ -32,6 +32,7 @@ from torch import Tensor
 from analyses._common import TokensLike, as_tokens, position_list, token_id
 from analyses.plotting import bar, heatmap
 from hookgpt.errors import ArgumentError, ArgumentTypeError
+from hookgpt.model import HookedGPT
 
 TokenChoice = Union[int, str, Int[Tensor, "batch"]]
 
@@ -120,7 +121,7 @@ class LogitAttribution:
         return bar(values, labels, title=title or "Direct logit attribution", y_title="logit (difference)")
 
 
-def _as_token_ids(model: Any, tokens: TokenChoice, batch: int) -> Int[Tensor, "batch 1"]:
+def _as_token_ids(model: HookedGPT, tokens: TokenChoice, batch: int) -> Int[Tensor, "batch 1"]:
     if isinstance(tokens, (int, str)):
         return torch.full((batch, 1), token_id(model, tokens), dtype=torch.long, device=model.device)
     ids = torch.as_tensor(tokens, device=model.device)
@@ -144,7 +145,7 @@ def _wanted(per_head: bool, per_neuron: bool):
 
 
 def direct_logit_attribution(
-    model: Any,
+    model: HookedGPT,
     input: TokensLike,
     answer: TokenChoice,
     wrong: Optional[TokenChoice] = None,
@@ -240,7 +241,7 @@ def _bias_stack(bias: Float[Tensor, "d_model"], batch: int, n_pos: int) -> Float
 
 
 def _logit_of(
-    model: Any, logits: Tensor, answer_ids: Int[Tensor, "batch 1"], wrong_ids: Optional[Int[Tensor, "batch 1"]], n_pos: int
+    model: HookedGPT, logits: Tensor, answer_ids: Int[Tensor, "batch 1"], wrong_ids: Optional[Int[Tensor, "batch 1"]], n_pos: int
 ) -> Float[Tensor, "batch pos"]:
     """logits[..., answer] (- logits[..., wrong]) as `[batch, pos]`; `logits` is `[batch, pos, d_vocab]`
     or one `[d_vocab]` vector shared by all."""

@@ -39,6 +39,7 @@ from analyses._common import progress
 from hookgpt.atomic import atomic_write, remove_dead_temporaries
 from hookgpt.errors import ArgumentError, UnknownNameError
 from hookgpt.loading import write_safetensors
+from hookgpt.model import HookedGPT
 
 DataSource = Union[Tensor, np.ndarray, str, os.PathLike]
 NamesFilter = Any  # as `run_with_cache`: a name, a list of names, or a function name -> bool
@@ -74,7 +75,7 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _stop_layer(model: Any, names: list[str]) -> Optional[int]:
+def _stop_layer(model: HookedGPT, names: list[str]) -> Optional[int]:
     """The layer after which no chosen hook fires (None: run to the end, e.g. for ln_final)."""
     last = -1
     for name in names:
@@ -91,7 +92,7 @@ def _write_atomic(tensors: dict[str, Tensor], path: Path, metadata: dict[str, st
         write_safetensors(tensors, tmp, metadata=metadata)
 
 
-def model_fingerprint(model: Any) -> str:
+def model_fingerprint(model: HookedGPT) -> str:
     """sha256 of the model's config and every weight (the same weights give the same hash)."""
     digest = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
@@ -140,7 +141,7 @@ def _remove_stale_shards(out: Path, prefix: str, collection: str) -> None:
 
 
 def collect_activations(
-    model: Any,
+    model: HookedGPT,
     data: DataSource,
     names_filter: NamesFilter,
     out_dir: Union[str, os.PathLike],

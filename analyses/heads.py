@@ -41,6 +41,7 @@ from torch import Tensor
 from analyses._common import TokensLike, as_tokens, check_count
 from hookgpt.errors import ArgumentError
 from analyses.plotting import heatmap
+from hookgpt.model import HookedGPT
 
 Template = Union[
     Float[Tensor, "query_pos key_pos"],
@@ -52,7 +53,7 @@ Template = Union[
 
 
 def repeated_random_tokens(
-    model: Any, seq_len: int = 20, batch: int = 8, seed: int = 0, bos_token_id: Optional[int] = None
+    model: HookedGPT, seq_len: int = 20, batch: int = 8, seed: int = 0, bos_token_id: Optional[int] = None
 ) -> Int[Tensor, "batch pos"]:
     """`[batch, 1 + 2 * seq_len]`: BOS, then `seq_len` distinct random tokens, then the same again.
 
@@ -77,7 +78,7 @@ def repeated_random_tokens(
     return torch.stack(rows).to(model.device)
 
 
-def _bos_token_id(model: Any) -> int:
+def _bos_token_id(model: HookedGPT) -> int:
     try:
         bos = model.tokenizer.bos_token_id
         if bos < model.cfg.d_vocab:
@@ -148,7 +149,7 @@ def _batched_template(template: Template, tokens: Int[Tensor, "batch pos"]) -> F
 
 
 def pattern_scores(
-    model: Any, tokens: Optional[TokensLike] = None, templates: Optional[dict[str, Template]] = None
+    model: HookedGPT, tokens: Optional[TokensLike] = None, templates: Optional[dict[str, Template]] = None
 ) -> dict[str, Float[Tensor, "layer n_heads"]]:
     """Score every head against several templates in one forward pass.
 
@@ -182,36 +183,36 @@ def pattern_scores(
 
 
 def head_scores(
-    model: Any, tokens: Optional[TokensLike] = None, template: Template = previous_token_template
+    model: HookedGPT, tokens: Optional[TokensLike] = None, template: Template = previous_token_template
 ) -> Float[Tensor, "layer n_heads"]:
     """`[n_layers, n_heads]` scores of every head against one template (a user-supplied
     `[query_pos, key_pos]` tensor or a function of the tokens); see `pattern_scores`."""
     return pattern_scores(model, tokens, {"template": template})["template"]
 
 
-def previous_token_scores(model: Any, tokens: Optional[TokensLike] = None) -> Float[Tensor, "layer n_heads"]:
+def previous_token_scores(model: HookedGPT, tokens: Optional[TokensLike] = None) -> Float[Tensor, "layer n_heads"]:
     """How much each head attends from each token to the one before it."""
     return head_scores(model, tokens, previous_token_template)
 
 
-def current_token_scores(model: Any, tokens: Optional[TokensLike] = None) -> Float[Tensor, "layer n_heads"]:
+def current_token_scores(model: HookedGPT, tokens: Optional[TokensLike] = None) -> Float[Tensor, "layer n_heads"]:
     """How much each head attends from each token to itself."""
     return head_scores(model, tokens, current_token_template)
 
 
-def first_token_scores(model: Any, tokens: Optional[TokensLike] = None) -> Float[Tensor, "layer n_heads"]:
+def first_token_scores(model: HookedGPT, tokens: Optional[TokensLike] = None) -> Float[Tensor, "layer n_heads"]:
     """How much each head attends to the first (BOS) token."""
     return head_scores(model, tokens, first_token_template)
 
 
-def duplicate_token_scores(model: Any, tokens: Optional[TokensLike] = None) -> Float[Tensor, "layer n_heads"]:
+def duplicate_token_scores(model: HookedGPT, tokens: Optional[TokensLike] = None) -> Float[Tensor, "layer n_heads"]:
     """How much each head attends from a token to its earlier occurrences (default data:
     repeated random tokens, where every token of the second copy has one)."""
     return head_scores(model, tokens, duplicate_token_template)
 
 
 def induction_scores(
-    model: Any, seq_len: int = 20, batch: int = 8, seed: int = 0, tokens: Optional[TokensLike] = None
+    model: HookedGPT, seq_len: int = 20, batch: int = 8, seed: int = 0, tokens: Optional[TokensLike] = None
 ) -> Float[Tensor, "layer n_heads"]:
     """Mean attention from each token of the second copy of a repeated random sequence to the
     token after its first occurrence. `tokens` overrides the generated

@@ -32,6 +32,7 @@ from torch import Tensor
 from analyses._common import TokensLike, as_tokens, check_count, token_id, token_strings
 from analyses.plotting import heatmap
 from hookgpt.errors import ArgumentError, ArgumentTypeError
+from hookgpt.model import HookedGPT
 
 
 def _resid_names(name: str) -> bool:
@@ -39,7 +40,7 @@ def _resid_names(name: str) -> bool:
 
 
 def residual_stack(
-    model: Any, tokens: Int[Tensor, "batch pos"], incl_mid: bool = True, cache: Optional[Any] = None
+    model: HookedGPT, tokens: Int[Tensor, "batch pos"], incl_mid: bool = True, cache: Optional[Any] = None
 ) -> tuple[Float[Tensor, "layer batch pos d_model"], list[str]]:
     """The residual stream before every layer and after the last: `[layer, batch, pos, d_model]`
     with labels "0_pre", ("0_mid",) "1_pre", ..., "final_post". Uses `cache` if given (it must hold
@@ -49,13 +50,13 @@ def residual_stack(
     return cache.accumulated_resid(incl_mid=incl_mid, return_labels=True)
 
 
-def _lens_logits(model: Any, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+def _lens_logits(model: HookedGPT, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
     """The model's own final LayerNorm and unembedding, applied to one residual stream."""
     return model.unembed(model.ln_final(resid))
 
 
 def logit_lens_logits(
-    model: Any, input: TokensLike, incl_mid: bool = True, cache: Optional[Any] = None
+    model: HookedGPT, input: TokensLike, incl_mid: bool = True, cache: Optional[Any] = None
 ) -> tuple[Float[Tensor, "layer batch pos d_vocab"], list[str]]:
     """The logit lens for a batch, as logits `[layer, batch, pos, d_vocab]` with layer labels.
 
@@ -163,7 +164,7 @@ def _short(token: str, width: int = 6) -> str:
     return token if len(token) <= width else token[: width - 1] + "…"
 
 
-def _targets(model: Any, tokens: Int[Tensor, "pos"], target: Union[None, str, int, Tensor]) -> Int[Tensor, "pos"]:
+def _targets(model: HookedGPT, tokens: Int[Tensor, "pos"], target: Union[None, str, int, Tensor]) -> Int[Tensor, "pos"]:
     """Target id per position; "next" (the default) is the actual next token, none at the last position."""
     n = tokens.shape[0]
     if target is None:
@@ -184,7 +185,7 @@ def _targets(model: Any, tokens: Int[Tensor, "pos"], target: Union[None, str, in
 
 
 def logit_lens(
-    model: Any,
+    model: HookedGPT,
     input: TokensLike,
     target: Union[None, str, int, Tensor] = "next",
     k: int = 5,

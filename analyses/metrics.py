@@ -16,13 +16,14 @@ Reading fewer positions is faster: the engine unembeds only those, and skips wor
 This module also builds the common metrics: `logit_diff` and the normalised `logit_diff_metric`.
 """
 
-from typing import Any, Callable, Union
+from typing import Callable, Union
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from analyses._common import token_id
+from hookgpt.model import HookedGPT
 
 Metric = Callable[[Float[Tensor, "batch read_pos d_vocab"]], Float[Tensor, ""]]
 TokenChoice = Union[int, str, Int[Tensor, "batch"]]
@@ -50,7 +51,7 @@ def logit_diff_metric(
     corrupted_logits: Float[Tensor, "batch pos d_vocab"],
     answer: TokenChoice,
     wrong: TokenChoice,
-    model: Any = None,
+    model: HookedGPT = None,
 ) -> Metric:
     """A patching metric: the logit difference (answer - wrong, at the last position, averaged over
     the batch) rescaled so the corrupted run gives 0 and the clean run gives 1.

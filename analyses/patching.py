@@ -24,12 +24,12 @@ Clean and corrupted inputs must be token ids (or texts) of the same shape, witho
 """
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from analyses._common import TokensLike, as_tokens, head_list, layer_list, position_list, token_strings
@@ -37,6 +37,7 @@ from analyses.metrics import Metric, TokenChoice, logit_diff, logit_diff_metric 
 from analyses.plotting import heatmap
 from hookgpt import interventions as iv
 from hookgpt.interventions import Site
+from hookgpt.model import HookedGPT
 
 # ------------------------------------------------------------------ what a patch is
 
@@ -83,7 +84,7 @@ def site_of(activation: str, patch: Patch) -> Site:
     return Site.head(layer, head, pos, act=activation)
 
 
-def _check(model: Any, activation: str, patches: Sequence[Patch], seq_len: int) -> None:
+def _check(model: HookedGPT, activation: str, patches: Sequence[Patch], seq_len: int) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; patchable: {sorted(ACTIVATIONS)}")
     if activation in ("resid_mid", "mlp_out") and model.cfg.attn_only:
@@ -99,7 +100,7 @@ def _check(model: Any, activation: str, patches: Sequence[Patch], seq_len: int) 
 
 
 def patch_activations(
-    model: Any,
+    model: HookedGPT,
     clean: TokensLike,
     corrupted: TokensLike,
     metric: Metric,
@@ -191,7 +192,7 @@ class PatchingResult:
         return heatmap(rows, x_labels=pos_labels, y_labels=row_labels, title=title, x_title="position", y_title="head")
 
 
-def _position_labels(model: Any, clean: Tensor, corrupted: Tensor, positions: list[int]) -> list[str]:
+def _position_labels(model: HookedGPT, clean: Tensor, corrupted: Tensor, positions: list[int]) -> list[str]:
     """"3: ' Mary'", or "3: ' Mary'/' John'" where the first clean and corrupted prompts differ."""
     clean_strings, corrupted_strings = token_strings(model, clean[0]), token_strings(model, corrupted[0])
     return [
@@ -201,7 +202,7 @@ def _position_labels(model: Any, clean: Tensor, corrupted: Tensor, positions: li
 
 
 def patch_residual(
-    model: Any,
+    model: HookedGPT,
     clean: TokensLike,
     corrupted: TokensLike,
     metric: Metric,
@@ -217,7 +218,7 @@ def patch_residual(
     if ACTIVATIONS.get(activation, ("", ""))[1] != "pos":
         raise ValueError(f"patch_residual patches resid_pre, resid_mid, attn_out or mlp_out, not {activation!r}; use patch_heads")
     clean_tokens, corrupted_tokens = as_tokens(model, clean), as_tokens(model, corrupted)
-    n_layers, seq_len = model.cfg.n_layers, corrupted_tokens.shape[1]
+    _n_layers, seq_len = model.cfg.n_layers, corrupted_tokens.shape[1]
     layers = layer_list(model, layers)
     if by_position:
         positions = position_list(positions, seq_len)
@@ -236,7 +237,7 @@ def patch_residual(
 
 
 def patch_heads(
-    model: Any,
+    model: HookedGPT,
     clean: TokensLike,
     corrupted: TokensLike,
     metric: Metric,
@@ -253,7 +254,7 @@ def patch_heads(
     if ACTIVATIONS.get(activation, ("", "pos"))[1] == "pos":
         raise ValueError(f"patch_heads patches z, q, k, v or pattern, not {activation!r}; use patch_residual")
     clean_tokens, corrupted_tokens = as_tokens(model, clean), as_tokens(model, corrupted)
-    n_layers, seq_len = model.cfg.n_layers, corrupted_tokens.shape[1]
+    _n_layers, seq_len = model.cfg.n_layers, corrupted_tokens.shape[1]
     layers = layer_list(model, layers)
     heads = head_list(model, heads)
     if by_position:

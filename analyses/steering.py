@@ -28,10 +28,11 @@ from analyses._common import TokensLike, as_tokens, token_strings
 from analyses.metrics import Metric
 from hookgpt import interventions as iv
 from hookgpt.interventions import Site
+from hookgpt.model import HookedGPT
 
 
 def direction_from_prompts(
-    model: Any, positive: TokensLike, negative: TokensLike, hook_name: str, pos: int = -1
+    model: HookedGPT, positive: TokensLike, negative: TokensLike, hook_name: str, pos: int = -1
 ) -> Float[Tensor, "d_model"]:
     """The mean activation at `hook_name` (at position `pos` of each prompt, by default the last)
     over the `positive` prompts minus the mean over the `negative` ones.
@@ -90,7 +91,7 @@ class SteeringResult:
 
 
 def steer(
-    model: Any,
+    model: HookedGPT,
     input: TokensLike,
     site: Union[Site, str],
     direction: Tensor,

@@ -36,7 +36,6 @@ def timed(fn) -> float:
 
 
 def hookgpt_variants(directory: Path, tokens):
-    import torch
     from transformers import GPT2LMHeadModel
 
     from analyses.compat.transformer_lens import HookedTransformer
@@ -56,7 +55,6 @@ def hookgpt_variants(directory: Path, tokens):
 
 
 def tl_variants(directory: Path, tokens):
-    import torch
     from transformers import GPT2LMHeadModel
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 

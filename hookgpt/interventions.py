@@ -51,7 +51,6 @@ scalar; it is called once per set, on exactly the logits that set's own forward 
 """
 
 import contextlib
-import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -62,7 +61,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm import tqdm
 
-from hookgpt.hooks import HookHandle, HookPoint, HookShapeError, observe, resolve
+from hookgpt.hooks import HookHandle, HookPoint, HookShapeError, observe, resolve  # noqa: F401 (observe: re-exported)
 from hookgpt.kv_cache import KVCache, KVCacheEntry
 
 Metric = Callable[[Float[Tensor, "batch read_pos d_vocab"]], Float[Tensor, ""]]
@@ -772,7 +771,6 @@ def _attends_to_the_future(act: Tensor, name: str) -> bool:
 
 def _fast(model, tokens, plans, metric, read, batch_size, memory_mb, disable, desc) -> tuple[Tensor, float]:
     batch, seq_len = tokens.shape
-    n_layers = model.cfg.n_layers
     user_points = _user_hook_points(model)
     base = _base_run(model, tokens, plans, read, user_points)
     base_metric = float(metric(base.read_logits))
@@ -809,7 +807,6 @@ def _fast(model, tokens, plans, metric, read, batch_size, memory_mb, disable, de
 def _run_chunk(model, tokens, chunk: list[_Plan], read, base: _Base, batch: int, start: int) -> Tensor:
     """One batched run for sets that share their first position `start`, sorted by layer: rows are
     set-major; each set joins at its own lowest layer. Returns the logits at the read positions."""
-    n_layers = model.cfg.n_layers
     edits = [(slice(j * batch, (j + 1) * batch), e) for j, plan in enumerate(chunk) for e in plan.edits]
     fwd_hooks = hooks_for(model, [e for _, e in edits], rows=[r for r, _ in edits])
     computed = [r - start for r in read if r >= start]

@@ -1,9 +1,7 @@
 """The shipped SAE of the shipped model: loads offline by name and matches its card."""
 
-import json
 
 import pytest
-import torch
 
 from analyses.sae import SAE, evaluate_sae, list_pretrained_saes, pretrained_sae_card, splice
 from analyses.sae.saelens import SHIPPED_SAE_DIR

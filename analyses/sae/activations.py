@@ -34,6 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from analyses.collect import DataSource, _shard_paths, _stop_layer, token_rows
+from hookgpt.model import HookedGPT
 
 PathLike = Union[str, os.PathLike]
 
@@ -203,7 +204,7 @@ class ModelActivations:
         seed: which rows each chunk draws, and the buffer's shuffle.
     """
 
-    def __init__(self, model: Any, data: DataSource, hook_name: str, seq_len: Optional[int] = None,
+    def __init__(self, model: HookedGPT, data: DataSource, hook_name: str, seq_len: Optional[int] = None,
                  rows_per_chunk: int = 64, forward_batch: int = 16, seed: int = 0):
         if hook_name not in model.hook_dict:
             model._resolve(hook_name)  # raises KeyError with the closest names

@@ -30,6 +30,7 @@ from analyses.collect import DataSource, _stop_layer, distributed_rank, token_ro
 
 from .interventions import _feature_ids, steering_hook
 from .sae import SAE
+from hookgpt.model import HookedGPT
 
 
 @dataclass
@@ -72,7 +73,7 @@ def _merge_across_ranks(per_feature: dict[int, dict[str, Any]], n_contexts: int)
 
 
 @torch.no_grad()
-def feature_dashboards(model: Any, sae: SAE, data: DataSource, features: Optional[Sequence[int]] = None, seq_len: Optional[int] = None,
+def feature_dashboards(model: HookedGPT, sae: SAE, data: DataSource, features: Optional[Sequence[int]] = None, seq_len: Optional[int] = None,
                        n_contexts: int = 8, window: tuple[int, int] = (10, 3), batch_size: int = 8, max_rows: Optional[int] = None,
                        n_logits: int = 8, steer_prompt: Optional[str] = None, steer_coefficient: float = 5.0, histogram_bins: int = 24,
                        disable: Optional[bool] = None) -> FeatureDashboards:

@@ -20,7 +20,7 @@
 """
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ from analyses.collect import DataSource, token_rows
 
 from .interventions import splice
 from .sae import SAE
+from hookgpt.model import HookedGPT
 
 
 @dataclass
@@ -65,7 +66,7 @@ def _recovered(ablated: float, with_sae: float, clean: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_sae(model: Any, sae: SAE, data: DataSource, seq_len: Optional[int] = None, batch_size: int = 8,
+def evaluate_sae(model: HookedGPT, sae: SAE, data: DataSource, seq_len: Optional[int] = None, batch_size: int = 8,
                  max_rows: Optional[int] = None, dense_threshold: float = 0.1, disable: Optional[bool] = None) -> SAEEvaluation:
     """Evaluate `sae` on the model's activations at `sae.cfg.hook_name` over token rows `data`
     (`[n, seq]`, or a flat/uint16 file with `seq_len`), in batches of `batch_size` rows."""

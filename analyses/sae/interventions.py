@@ -35,6 +35,7 @@ from torch import Tensor
 from analyses._common import TokensLike, as_tokens
 
 from .sae import SAE
+from hookgpt.model import HookedGPT
 
 Features = Union[int, Sequence[int], Tensor]
 Positions = Union[None, int, Sequence[int]]
@@ -48,7 +49,7 @@ def _feature_ids(sae: SAE, features: Features) -> list[int]:
     return ids
 
 
-def _check_hook(model: Any, sae: SAE) -> str:
+def _check_hook(model: HookedGPT, sae: SAE) -> str:
     name = sae.cfg.hook_name
     if not name:
         raise ValueError("this SAE has no hook_name; set SAEConfig.hook_name to the model hook it reads")
@@ -57,7 +58,7 @@ def _check_hook(model: Any, sae: SAE) -> str:
 
 
 @contextlib.contextmanager
-def splice(model: Any, *saes: SAE, use_error_term: bool = False) -> Iterator[Any]:
+def splice(model: HookedGPT, *saes: SAE, use_error_term: bool = False) -> Iterator[Any]:
     """Run `model` with each SAE in place of its hook's activation (`sae.cfg.hook_name`).
 
     With `use_error_term=True` the SAE's output is reconstruction + error, which equals the input
@@ -183,7 +184,7 @@ class FeatureAttribution:
         return fig
 
 
-def feature_attribution(model: Any, sae: SAE, input: TokensLike, metric: Callable[[Tensor], Tensor],
+def feature_attribution(model: HookedGPT, sae: SAE, input: TokensLike, metric: Callable[[Tensor], Tensor],
                         use_error_term: bool = True) -> FeatureAttribution:
     """Attribute `metric(logits)` (a scalar) to the SAE's features at every position: the features
     are made a leaf of the graph, the metric differentiated with `torch.autograd.grad` (no `.grad`

@@ -8,7 +8,6 @@ it, and refused with an error naming it when a model is built (`to_gpt_config`).
 """
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Optional, Union

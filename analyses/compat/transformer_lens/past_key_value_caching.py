@@ -1,7 +1,7 @@
 """TransformerLens's KV cache names over hookgpt's KVCache (same fields: entries with past_keys /
 past_values, freeze/unfreeze, the cached attention mask)."""
 
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from torch import Tensor

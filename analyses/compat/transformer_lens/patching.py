@@ -12,7 +12,7 @@ head at every position, `[layer, pos, head]` by position, `[5, layer, head]` / `
 for the `_every` variants (z, q, k, v, pattern), `[3, layer, pos]` for `get_act_patch_block_every`.
 """
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
