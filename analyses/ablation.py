@@ -51,6 +51,7 @@ class AblationResult:
     method: str
     layers: list[int]  # the layer of each row of `effects`
     column_labels: Optional[list[str]] = None  # e.g. the tokens for positions
+    unit_labels: Optional[list[str]] = None  # each unit's site label (L1H2, mlp1, L1N30, resid_pre 3 @ pos 5), row-major
 
     @property
     def ablated(self) -> Tensor:
@@ -60,14 +61,15 @@ class AblationResult:
     def to_df(self) -> pd.DataFrame:
         """One row per unit: layer, index (head / neuron / position; absent for MLPs), effect, metric."""
         rows = []
+        labels = iter(self.unit_labels or [])
         for r, layer in enumerate(self.layers):
             if self.effects.ndim == 1:
-                rows.append(dict(kind=self.kind, layer=layer, effect=float(self.effects[r]), metric=float(self.ablated[r])))
+                rows.append(dict(kind=self.kind, label=next(labels, None), layer=layer, effect=float(self.effects[r]), metric=float(self.ablated[r])))
                 continue
             for c in range(self.effects.shape[1]):
-                row = dict(kind=self.kind, layer=layer, index=c, effect=float(self.effects[r, c]), metric=float(self.ablated[r, c]))
+                row = dict(kind=self.kind, label=next(labels, None), layer=layer, index=c, effect=float(self.effects[r, c]), metric=float(self.ablated[r, c]))
                 if self.column_labels is not None:
-                    row["label"] = self.column_labels[c]
+                    row["token" if self.kind == "position" else "column"] = self.column_labels[c]
                 rows.append(row)
         return pd.DataFrame(rows)
 
@@ -143,7 +145,7 @@ def ablate_heads(
     n_heads = model.cfg.n_heads
     units = [Site.head(l, h) for l in layers for h in range(n_heads)]
     effects, baseline = ablate_units(model, input, metric, units, method, **kwargs)
-    return AblationResult(effects.view(len(layers), n_heads), baseline, "head", method, layers)
+    return AblationResult(effects.view(len(layers), n_heads), baseline, "head", method, layers, unit_labels=[u.label for u in units])
 
 
 def ablate_mlps(
@@ -155,7 +157,7 @@ def ablate_mlps(
     layers = layer_list(model, layers)
     units = [Site.mlp_out(l) for l in layers]
     effects, baseline = ablate_units(model, input, metric, units, method, **kwargs)
-    return AblationResult(effects, baseline, "mlp", method, layers)
+    return AblationResult(effects, baseline, "mlp", method, layers, unit_labels=[u.label for u in units])
 
 
 def ablate_neurons(
@@ -175,7 +177,9 @@ def ablate_neurons(
     neurons = list(range(model.cfg.d_mlp)) if neurons is None else list(neurons)
     units = [Site.neuron(l, n) for l in layers for n in neurons]
     effects, baseline = ablate_units(model, input, metric, units, method, **kwargs)
-    return AblationResult(effects.view(len(layers), len(neurons)), baseline, "neuron", method, layers, [str(n) for n in neurons])
+    return AblationResult(
+        effects.view(len(layers), len(neurons)), baseline, "neuron", method, layers, [str(n) for n in neurons], [u.label for u in units]
+    )
 
 
 def ablate_positions(
@@ -196,4 +200,4 @@ def ablate_positions(
     effects, baseline = ablate_units(model, tokens, metric, units, method, **kwargs)
     strings = token_strings(model, tokens[0])
     labels = [f"{p}: {strings[p]!r}" for p in positions]
-    return AblationResult(effects.view(len(layers), len(positions)), baseline, "position", method, layers, labels)
+    return AblationResult(effects.view(len(layers), len(positions)), baseline, "position", method, layers, labels, [u.label for u in units])

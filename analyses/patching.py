@@ -173,6 +173,9 @@ class PatchingResult:
         index = pd.MultiIndex.from_product([axes[d] for d in self.dims], names=list(self.dims))
         df = pd.DataFrame({"metric": self.values.flatten().tolist()}, index=index).reset_index()
         df.insert(0, "activation", self.activation)
+        # the site of each patch, labelled as everywhere (resid_pre 3 @ pos 5, L1H2 @ pos 5, ...)
+        patches = [Patch(int(r.layer), int(r.pos) if "pos" in self.dims else None, int(r.head) if "head" in self.dims else None) for r in df.itertuples()]
+        df.insert(1, "label", [site_of(self.activation, p).label for p in patches])
         return df
 
     def figure(self, title: Optional[str] = None) -> go.Figure:

@@ -126,7 +126,8 @@ def test_tables_and_figures(model, tokens):
     mlps = ablate_mlps(model, tokens, metric)
     assert len(mlps.to_df()) == 2
     positions = ablate_positions(model, tokens, metric)
-    assert positions.to_df().label[0].startswith("0: ")
+    assert positions.to_df().token[0].startswith("0: ") and positions.to_df().label[0] == "resid_pre 0 @ pos 0"
+    assert list(heads.to_df().label[:2]) == ["L0H0", "L0H1"] and list(mlps.to_df().label) == ["mlp0", "mlp1"]
     for result in (heads, mlps, positions):
         assert isinstance(result.figure(), go.Figure)
 

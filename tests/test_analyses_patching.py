@@ -177,10 +177,11 @@ def test_results_as_tables_and_figures(model, prompts):
     clean, corrupted = prompts
     by_pos = patch_residual(model, clean, corrupted, raw_metric)
     df = by_pos.to_df()
-    assert isinstance(df, pd.DataFrame) and list(df.columns) == ["activation", "layer", "pos", "metric"] and len(df) == 14
+    assert isinstance(df, pd.DataFrame) and list(df.columns) == ["activation", "label", "layer", "pos", "metric"] and len(df) == 14
     assert df.metric.iloc[8] == pytest.approx(float(by_pos.values[1, 1]))
     heads_by_pos = patch_heads(model, clean, corrupted, raw_metric, by_position=True)
-    assert list(heads_by_pos.to_df().columns) == ["activation", "layer", "pos", "head", "metric"]
+    assert list(heads_by_pos.to_df().columns) == ["activation", "label", "layer", "pos", "head", "metric"]
+    assert df.label[8] == "resid_pre 1 @ pos 1" and heads_by_pos.to_df().label[0] == "L0H0 @ pos 0"
     for result in (by_pos, heads_by_pos, patch_heads(model, clean, corrupted, raw_metric), patch_residual(model, clean, corrupted, raw_metric, by_position=False)):
         assert isinstance(result.figure(), go.Figure)
     assert by_pos.position_labels[0].startswith("0: ")
