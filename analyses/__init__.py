@@ -9,6 +9,8 @@
 - `ablation`: zero / mean / resample ablation of heads, MLPs, neurons, residual positions.
 - `patching`: activation patching sweeps, batched (`method="fast"`) or one run per patch.
 - `collect`: activations over a dataset to safetensors shards, and back.
+- `fourier`: Fourier analysis of modular-arithmetic models (key frequencies, neuron clusters,
+  restricted/excluded loss, progress measures over training checkpoints).
 - `plotting`: the plotly helpers they share.
 
 Tensors for code, `.to_df()` for tables, `.figure()` / `plot_...` for plots. No analysis leaves a
@@ -20,7 +22,7 @@ Submodules are imported on first use, so `import analyses.render` does not load 
 import importlib
 from typing import Any
 
-__all__ = ["ablation", "attribution", "collect", "heads", "logit_lens", "patching", "plotting"]
+__all__ = ["ablation", "attribution", "collect", "fourier", "heads", "logit_lens", "patching", "plotting"]
 
 
 def __getattr__(name: str) -> Any:
