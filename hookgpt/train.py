@@ -490,6 +490,8 @@ def check_resume_options(cfg: TrainConfig, saved: dict, step: int) -> None:
     defaults = TrainConfig().to_dict()
     now = json.loads(json.dumps(cfg.to_dict()))
     saved = json.loads(json.dumps({**defaults, **saved}))  # older checkpoints lack newer options: their defaults
+    now["dataset"] = cfg.kind  # an explicit kind equals the one implied before
+    saved["dataset"] = saved["dataset"] or ("repeated" if saved["repeat_fraction"] > 0 else "text")
     changed = [name for name in now if name not in SAFE_ON_RESUME and now[name] != saved.get(name)]
     if changed:
         described = ", ".join(f"--{n.replace('_', '-')} {saved.get(n)!r} -> {now[n]!r}" for n in changed)

@@ -144,7 +144,8 @@ def test_resume_refuses_options_that_break_exact_resumption(tmp_path, corpus, op
 def test_resume_allows_safe_options_and_says_so_in_help(tmp_path, corpus, capsys):
     cfg = tiny(tmp_path / "run", corpus, max_steps=2)
     train(cfg)
-    more = TrainConfig(**{**cfg.to_dict(), "max_steps": 4, "eval_interval": 1, "checkpoint_interval": 1})
+    more = TrainConfig(**{**cfg.to_dict(), "max_steps": 4, "eval_interval": 1, "checkpoint_interval": 1,
+                          "dataset": "text"})  # the kind the first run implied, now named
     assert train(more, resume=True)["steps"] == 4
     with pytest.raises(TrainingError, match="--max-steps 3 is below the checkpoint's step 4"):
         train(TrainConfig(**{**more.to_dict(), "max_steps": 3}), resume=True)
