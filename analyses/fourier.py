@@ -228,7 +228,7 @@ def neuron_frequencies(model: Any, p: Optional[int] = None, activations: Optiona
 
 def key_directions(p: int, freqs: Sequence[int]) -> Float[Tensor, "direction a b c"]:
     """Unit tensors cos(w(a + b - c)) and sin(w(a + b - c)) over the p^3 grid, w = 2 pi k / p for each k."""
-    return _key_directions(p, tuple(int(k) for k in freqs)).clone()
+    return _key_directions(p, tuple(int(k) for k in freqs)).float()
 
 
 @functools.lru_cache(maxsize=4)
@@ -236,21 +236,36 @@ def _key_directions(p: int, freqs: tuple[int, ...]) -> Tensor:
     a, b, c = torch.meshgrid(*(torch.arange(p, dtype=torch.float64),) * 3, indexing="ij")
     directions = []
     for k in freqs:
-        if not 1 <= int(k) <= n_frequencies(p):
-            raise ValueError(f"frequency {k} is out of range for p={p}: expected 1..{n_frequencies(p)}")
         angle = 2 * math.pi * int(k) * (a + b - c) / p
         directions += [torch.cos(angle), torch.sin(angle)]
     if not directions:
-        return torch.zeros(0, p, p, p)
+        return torch.zeros(0, p, p, p, dtype=torch.float64)
     stacked = torch.stack(directions)
-    return (stacked / stacked.flatten(1).norm(dim=1)[:, None, None, None]).float()
+    return stacked / stacked.flatten(1).norm(dim=1)[:, None, None, None]  # float64: sums over p^3 entries
 
 
-def project_logits(logits: Float[Tensor, "a b c"], freqs: Sequence[int]) -> Float[Tensor, "a b c"]:
-    """The part of the logits along the key directions of `freqs` (a least-squares fit over the grid)."""
-    directions = _key_directions(logits.shape[0], tuple(int(k) for k in freqs))  # orthonormal over the grid
-    coefficients = torch.einsum("dabc,abc->d", directions, logits)
-    return torch.einsum("d,dabc->abc", coefficients, directions)
+def project_logits(logits: Float[Tensor, "a b c"], freqs: Sequence[int], over: str = "input") -> Float[Tensor, "a b c"]:
+    """The part of the logits along cos(w(a + b - c)), sin(w(a + b - c)) for the frequencies `freqs`.
+
+    `over="input"` (the default) fits two coefficients per frequency for each input (a, b): for a
+    fixed a + b these span the same functions of c as cos(wc), sin(wc), so this keeps exactly the
+    logits' Fourier components over c at those frequencies. `over="grid"` fits one coefficient
+    per direction over the whole p^3 grid (the amplitude may then not vary with the input).
+    """
+    p = logits.shape[0]
+    for k in freqs:
+        if not 1 <= int(k) <= n_frequencies(p):
+            raise ValueError(f"frequency {k} is out of range for p={p}: expected 1..{n_frequencies(p)}")
+    if over == "grid":
+        directions = _key_directions(p, tuple(int(k) for k in freqs))  # orthonormal over the grid
+        coefficients = torch.einsum("dabc,abc->d", directions, logits.double())
+        return torch.einsum("d,dabc->abc", coefficients, directions).float()
+    if over != "input":
+        raise ValueError(f"over must be 'input' or 'grid', got {over!r}")
+    basis, _ = fourier_basis(p)
+    rows = [row for k in freqs for row in (2 * int(k) - 1, 2 * int(k))]
+    kept = basis[rows]  # [2 * len(freqs), c]
+    return torch.einsum("abc,kc,kd->abd", logits.float(), kept, kept)
 
 
 def grid_loss(logits: Float[Tensor, "a b c"], rows: Optional[Bool[Tensor, "batch"]] = None) -> float:
@@ -264,19 +279,19 @@ def grid_loss(logits: Float[Tensor, "a b c"], rows: Optional[Bool[Tensor, "batch
 
 
 def restricted_loss(model: Any, freqs: Sequence[int], rows: Optional[Tensor] = None, p: Optional[int] = None,
-                    logits: Optional[Tensor] = None) -> float:
+                    logits: Optional[Tensor] = None, over: str = "input") -> float:
     """The loss when the logits keep only their components along the key directions of `freqs`
-    (everything else, the memorising part included, removed)."""
+    (everything else, the memorising part included, removed); see `project_logits`."""
     logits = grid_activations(model, p)["logits"] if logits is None else logits
-    return grid_loss(project_logits(logits, freqs), rows)
+    return grid_loss(project_logits(logits, freqs, over), rows)
 
 
 def excluded_loss(model: Any, freqs: Sequence[int], rows: Optional[Tensor] = None, p: Optional[int] = None,
-                  logits: Optional[Tensor] = None) -> float:
+                  logits: Optional[Tensor] = None, over: str = "input") -> float:
     """The loss when exactly the key directions of `freqs` are removed from the logits (the
     generalising algorithm cut out, the rest kept). The paper measures it on the training pairs."""
     logits = grid_activations(model, p)["logits"] if logits is None else logits
-    return grid_loss(logits - project_logits(logits, freqs), rows)
+    return grid_loss(logits - project_logits(logits, freqs, over), rows)
 
 
 # ------------------------------------------------------------------ progress measures over training
@@ -361,8 +376,8 @@ def progress_measures(checkpoints: Sequence[tuple[int, Any]], is_train: Bool[Ten
             "step": int(step),
             "train_loss": grid_loss(logits, is_train), "test_loss": grid_loss(logits, ~is_train),
             "train_accuracy": float(correct[is_train].float().mean()), "test_accuracy": float(correct[~is_train].float().mean()),
-            "restricted_loss": grid_loss(project_logits(logits, freqs)),
-            "excluded_loss": grid_loss(logits - project_logits(logits, freqs), is_train),
+            "restricted_loss": grid_loss(kept := project_logits(logits, freqs)),
+            "excluded_loss": grid_loss(logits - kept, is_train),
             "gini": gini(spectrum.components[1:]), "weight_norm": total_weight_norm(model),
         })
     return ProgressMeasures(pd.DataFrame(rows), list(freqs))

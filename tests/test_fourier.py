@@ -79,17 +79,28 @@ def test_frequency_fractions_of_known_functions():
 def test_restricted_and_excluded_loss_on_known_logits():
     a, b, c = torch.meshgrid(*(torch.arange(P),) * 3, indexing="ij")
     w = 2 * math.pi / P
-    algorithm = 4.0 * torch.cos(w * 2 * (a + b - c)) + 4.0 * torch.cos(w * 5 * (a + b - c))
+    algorithm = (4.0 * torch.cos(w * 2 * (a + b - c)) + 4.0 * torch.cos(w * 5 * (a + b - c))).float()
     noise = 0.5 * torch.randn(P, P, P, generator=torch.Generator().manual_seed(0))
-    logits = (algorithm + noise).float()
-    restricted = fourier.grid_loss(fourier.project_logits(logits, [2, 5]))
-    assert restricted == pytest.approx(fourier.grid_loss(algorithm.float()), rel=0.02)  # the noise is gone
-    assert restricted < fourier.grid_loss(logits)
-    excluded = fourier.grid_loss(logits - fourier.project_logits(logits, [2, 5]))
-    assert excluded == pytest.approx(math.log(P), rel=0.1)  # what is left is noise: chance level
-    assert fourier.grid_loss(fourier.project_logits(logits, [])) == pytest.approx(math.log(P))
+    logits = algorithm + noise
+    for over in ("input", "grid"):
+        kept = fourier.project_logits(logits, [2, 5], over=over)
+        restricted = fourier.grid_loss(kept)
+        assert restricted == pytest.approx(fourier.grid_loss(algorithm), rel=0.1), over  # (most of) the noise is gone
+        assert restricted < fourier.grid_loss(logits)
+        assert fourier.grid_loss(logits - kept) == pytest.approx(math.log(P), rel=0.1), over  # noise left: chance level
+        torch.testing.assert_close(fourier.project_logits(algorithm, [2, 5], over=over), algorithm, atol=1e-4, rtol=0)
+        assert fourier.grid_loss(fourier.project_logits(logits, [], over=over)) == pytest.approx(math.log(P))
+    # an amplitude that varies with the input is kept per input, averaged over the grid
+    amplitude = 1.0 + (a + 2 * b).float() % 5
+    varying = (amplitude * torch.cos(w * 3 * (a + b - c))).float()
+    torch.testing.assert_close(fourier.project_logits(varying, [3]), varying, atol=1e-4, rtol=0)
+    assert not torch.allclose(fourier.project_logits(varying, [3], over="grid"), varying, atol=1e-2)
+    assert fourier.restricted_loss(None, [3], logits=varying) == pytest.approx(fourier.grid_loss(varying), rel=1e-4)
+    assert fourier.excluded_loss(None, [3], logits=varying) == pytest.approx(math.log(P), rel=1e-4)
     with pytest.raises(ValueError, match="frequency 15 is out of range"):
         fourier.project_logits(logits, [15])
+    with pytest.raises(ValueError, match="over must be"):
+        fourier.project_logits(logits, [1], over="all")
 
 
 def test_grid_activations_and_neurons_of_a_model():
