@@ -213,3 +213,11 @@ def test_config_values_of_the_wrong_type_are_named(tmp_path, key, value, expecte
     config.write_text(json.dumps({key: value}))
     with pytest.raises(TrainingError, match=f"training option {key} must be {expected}"):
         config_from_args(build_arg_parser().parse_args(["--config", str(config)]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("device, message", [("cuda", "no CUDA GPU is available"), ("gpu0", "is not a device")])
+def test_a_device_that_is_not_there_is_a_clear_error(tmp_path, corpus, capsys, device, message):
+    out = tmp_path / "run"
+    assert main(["--out", str(out), "--data", str(corpus), "--device", device, "--no-progress"]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
