@@ -318,16 +318,31 @@ class ProgressMeasures:
         return self.df
 
     def phases(self) -> dict[str, tuple[int, int]]:
-        """The three phases as step ranges: memorisation (until train accuracy first reaches 100%),
-        circuit formation (until test accuracy first passes 50%), clean-up (until test loss drops
-        below 1% of its peak...or the last checkpoint)."""
-        df = self.df
-        memorised = int(df.step[df.train_accuracy >= 1.0].min()) if (df.train_accuracy >= 1.0).any() else int(df.step.max())
-        half = df.step[df.test_accuracy >= 0.5]
-        formed = int(half.min()) if len(half) else int(df.step.max())
-        clean = df.step[(df.step >= formed) & (df.test_loss <= 0.01 * df.test_loss.max())]
-        cleaned = int(clean.min()) if len(clean) else int(df.step.max())
+        """The paper's three phases as step ranges, read off the checkpoints:
+        memorisation until train accuracy first reaches 100%; circuit formation until the test
+        loss, past its peak, first falls below half of it; clean-up until test accuracy first
+        reaches 99.9% (or the last checkpoint)."""
+        df, last = self.df, int(self.df.step.max())
+        first = lambda mask: int(df.step[mask].min()) if mask.any() else last
+        memorised = first(df.train_accuracy >= 1.0)
+        peak = int(df.step[df.test_loss.idxmax()])
+        formed = first((df.step >= max(peak, memorised)) & (df.test_loss < 0.5 * df.test_loss.max()))
+        cleaned = first((df.step >= formed) & (df.test_accuracy >= 0.999))
         return {"memorisation": (0, memorised), "circuit formation": (memorised, formed), "clean-up": (formed, cleaned)}
+
+    def excluded_loss_rises_at(self, factor: float = 2.0) -> Optional[int]:
+        """The first step at which the excluded loss is `factor` times its lowest value so far:
+        the training pairs have started to depend on the key frequencies (None: never)."""
+        df = self.df
+        rising = df.step[df.excluded_loss > factor * df.excluded_loss.cummin()]
+        return int(rising.min()) if len(rising) else None
+
+    def test_loss_falls_at(self, fraction: float = 0.5) -> Optional[int]:
+        """The first step after the test loss's peak at which it is below `fraction` of the peak (None: never)."""
+        df = self.df
+        peak = df.step[df.test_loss.idxmax()]
+        falling = df.step[(df.step > peak) & (df.test_loss < fraction * df.test_loss.max())]
+        return int(falling.min()) if len(falling) else None
 
     def figure(self, title: str = "Progress measures") -> go.Figure:
         df = self.df

@@ -136,3 +136,21 @@ def test_progress_measures_of_checkpoints():
 def test_modulus_must_fit_the_model():
     with pytest.raises(ValueError, match="does not fit this model"):
         fourier.embedding_spectrum(modadd_model(), p=31)
+
+
+def test_phases_and_turning_points_of_a_known_history():
+    import pandas as pd
+
+    df = pd.DataFrame({
+        "step": [0, 100, 200, 300, 400, 500, 600],
+        "train_accuracy": [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        "test_accuracy": [0.0, 0.01, 0.02, 0.05, 0.6, 0.9995, 1.0],
+        "test_loss": [4.7, 9.0, 10.0, 9.5, 4.0, 0.5, 0.01],
+        "excluded_loss": [4.7, 0.1, 0.05, 0.3, 2.0, 5.0, 6.0],
+    })
+    measures = fourier.ProgressMeasures(df, [1])
+    assert measures.excluded_loss_rises_at() == 300  # 0.3 > 2 x 0.05
+    assert measures.test_loss_falls_at() == 400  # 4.0 < 0.5 x 10
+    assert measures.phases() == {"memorisation": (0, 100), "circuit formation": (100, 400), "clean-up": (400, 500)}
+    flat = fourier.ProgressMeasures(df.assign(excluded_loss=1.0, test_loss=1.0), [1])
+    assert flat.excluded_loss_rises_at() is None and flat.test_loss_falls_at() is None
