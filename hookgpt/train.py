@@ -547,6 +547,8 @@ def _resolve_device(name: str) -> torch.device:
 
 
 def _validate(cfg: TrainConfig, model_cfg: GPTConfig, world_size: int) -> None:
+    if cfg.kind not in KINDS:
+        raise TrainingError(f"dataset must be one of {KINDS} (or null), got {cfg.dataset!r}")
     minimum = {"batch_size": 0 if cfg.kind == "algorithmic" else 1, "snapshot_interval": 0}
     for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches", "checkpoint_interval",
                  "snapshot_interval", "log_interval"):

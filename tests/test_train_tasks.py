@@ -163,3 +163,23 @@ def test_ddp_two_processes_match_one_on_a_task(tmp_path, table):
     np.testing.assert_allclose(losses(tmp_path / "ddp"), losses(tmp_path / "single"), rtol=0, atol=1e-5)
     ddp_log, single_log = read_log(tmp_path / "ddp" / "log.jsonl"), read_log(tmp_path / "single" / "log.jsonl")
     assert ddp_log[-1]["val_accuracy"] == single_log[-1]["val_accuracy"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(dataset="algorithmic", data=None), "needs data: the path of a task table"),
+    (dict(dataset="tabular"), "dataset must be one of"),
+    (dict(dataset="algorithmic", repeat_fraction=0.5), "repeat_fraction applies to text datasets"),
+    (dict(dataset="algorithmic", batch_size=-1), "batch_size must be at least 0"),
+    (dict(dataset="algorithmic", batch_size=5, grad_accum=2), "divisible"),
+])
+def test_bad_task_options(tmp_path, table, overrides, message):
+    with pytest.raises(TrainingError, match=message):
+        train(task_config(tmp_path / "run", table, **overrides))
+    assert not (tmp_path / "run").exists()
+
+
+def test_text_with_repeat_options_needs_the_repeated_kind(tmp_path):
+    from hookgpt.train import make_dataset
+
+    with pytest.raises(TrainingError, match="needs dataset='repeated'"):
+        make_dataset(TrainConfig(dataset="text", repeat_fraction=0.5), tmp_path)
