@@ -122,10 +122,11 @@ def embedding_spectrum(model: Any, p: Optional[int] = None) -> Spectrum:
     return Spectrum(per_freq, components, names)
 
 
-def key_frequencies(model: Any, p: Optional[int] = None, factor: float = 3.0) -> list[int]:
+def key_frequencies(model: Any, p: Optional[int] = None, factor: float = 2.0) -> list[int]:
     """The frequencies k whose share of the embedding's squared Fourier norm is at least `factor`
     times the share of a flat spectrum (1 / ((p-1)/2)), largest first. An untrained embedding's
-    shares scatter around the flat value (within about 20% for d_model = 128), so it has none."""
+    shares scatter around the flat value (within about 25% for d_model = 128: each is a sum of
+    2 * d_model squared Gaussians), so it has none."""
     spectrum = embedding_spectrum(model, p)
     share = spectrum.share
     flat = 1 / len(share)
@@ -244,13 +245,15 @@ def _key_directions(p: int, freqs: tuple[int, ...]) -> Tensor:
     return stacked / stacked.flatten(1).norm(dim=1)[:, None, None, None]  # float64: sums over p^3 entries
 
 
-def project_logits(logits: Float[Tensor, "a b c"], freqs: Sequence[int], over: str = "input") -> Float[Tensor, "a b c"]:
+def project_logits(logits: Float[Tensor, "a b c"], freqs: Sequence[int], over: str = "grid") -> Float[Tensor, "a b c"]:
     """The part of the logits along cos(w(a + b - c)), sin(w(a + b - c)) for the frequencies `freqs`.
 
-    `over="input"` (the default) fits two coefficients per frequency for each input (a, b): for a
-    fixed a + b these span the same functions of c as cos(wc), sin(wc), so this keeps exactly the
-    logits' Fourier components over c at those frequencies. `over="grid"` fits one coefficient
-    per direction over the whole p^3 grid (the amplitude may then not vary with the input).
+    `over="grid"` (the default, the paper's) fits one coefficient per direction over the whole
+    p^3 grid: what is kept is the algorithm with one amplitude per frequency, and everything that
+    varies from input to input (the memorising part, noise) is dropped. `over="input"` fits two
+    coefficients per frequency for each input (a, b): for a fixed a + b these span the same
+    functions of c as cos(wc), sin(wc), so it keeps exactly the logits' Fourier components over c
+    at those frequencies, amplitudes varying with the input included.
     """
     p = logits.shape[0]
     for k in freqs:
@@ -279,7 +282,7 @@ def grid_loss(logits: Float[Tensor, "a b c"], rows: Optional[Bool[Tensor, "batch
 
 
 def restricted_loss(model: Any, freqs: Sequence[int], rows: Optional[Tensor] = None, p: Optional[int] = None,
-                    logits: Optional[Tensor] = None, over: str = "input") -> float:
+                    logits: Optional[Tensor] = None, over: str = "grid") -> float:
     """The loss when the logits keep only their components along the key directions of `freqs`
     (everything else, the memorising part included, removed); see `project_logits`."""
     logits = grid_activations(model, p)["logits"] if logits is None else logits
@@ -287,7 +290,7 @@ def restricted_loss(model: Any, freqs: Sequence[int], rows: Optional[Tensor] = N
 
 
 def excluded_loss(model: Any, freqs: Sequence[int], rows: Optional[Tensor] = None, p: Optional[int] = None,
-                  logits: Optional[Tensor] = None, over: str = "input") -> float:
+                  logits: Optional[Tensor] = None, over: str = "grid") -> float:
     """The loss when exactly the key directions of `freqs` are removed from the logits (the
     generalising algorithm cut out, the rest kept). The paper measures it on the training pairs."""
     logits = grid_activations(model, p)["logits"] if logits is None else logits

@@ -93,10 +93,12 @@ def test_restricted_and_excluded_loss_on_known_logits():
     # an amplitude that varies with the input is kept per input, averaged over the grid
     amplitude = 1.0 + (a + 2 * b).float() % 5
     varying = (amplitude * torch.cos(w * 3 * (a + b - c))).float()
-    torch.testing.assert_close(fourier.project_logits(varying, [3]), varying, atol=1e-4, rtol=0)
-    assert not torch.allclose(fourier.project_logits(varying, [3], over="grid"), varying, atol=1e-2)
-    assert fourier.restricted_loss(None, [3], logits=varying) == pytest.approx(fourier.grid_loss(varying), rel=1e-4)
-    assert fourier.excluded_loss(None, [3], logits=varying) == pytest.approx(math.log(P), rel=1e-4)
+    torch.testing.assert_close(fourier.project_logits(varying, [3], over="input"), varying, atol=1e-4, rtol=0)
+    assert not torch.allclose(fourier.project_logits(varying, [3]), varying, atol=1e-2)  # the grid's one amplitude
+    assert fourier.restricted_loss(None, [3], logits=varying, over="input") == pytest.approx(fourier.grid_loss(varying), rel=1e-4)
+    assert fourier.excluded_loss(None, [3], logits=varying, over="input") == pytest.approx(math.log(P), rel=1e-4)
+    uniform = fourier.project_logits(varying, [3])  # = mean amplitude x the wave: the excluded rest still leans right
+    torch.testing.assert_close(uniform, (amplitude.mean() * torch.cos(w * 3 * (a + b - c))).float(), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="frequency 15 is out of range"):
         fourier.project_logits(logits, [15])
     with pytest.raises(ValueError, match="over must be"):
