@@ -11,7 +11,7 @@ cos(w(a + b - c)), which peaks at c = a + b. All of it shows in the Fourier basi
 - `embedding_spectrum(model)`: W_E projected onto it: the norm of each frequency. Sparse in a
   trained model, flat in an untrained one. `key_frequencies(model)` reads the key frequencies
   off it (the weights, not a list given in advance).
-- `grid_activations(model)`: the attention pattern, the MLP neurons and the logits at the `=`
+- `grid_activations(model)` (and `grid_logits`): the attention pattern, the MLP neurons and the logits at the `=`
   position on all p^2 inputs, shaped `[a, b, ...]`, and `fourier_2d` of any of them.
 - `neuron_frequencies(model)`: for each neuron, the frequency whose terms (cos/sin of it in a,
   in b, and their products) explain most of its variance over the p^2 inputs, and how much.
@@ -161,6 +161,13 @@ def grid_activations(model: Any, p: Optional[int] = None) -> dict[str, Tensor]:
     return out
 
 
+@torch.no_grad()
+def grid_logits(model: Any, p: Optional[int] = None) -> Float[Tensor, "a b c"]:
+    """The p answer logits at `=` on every input, `[a, b, c]` (a plain forward: nothing cached)."""
+    p = modulus(model, p)
+    return model(all_inputs(p, model.device))[:, -1, :p].float().cpu().reshape(p, p, p)
+
+
 def fourier_2d(values: Float[Tensor, "a b *rest"]) -> Float[Tensor, "a_component b_component *rest"]:
     """A function of (a, b) in the 2-D Fourier basis: component (i, j) = basis_i(a) basis_j(b)."""
     p = values.shape[0]
@@ -285,7 +292,7 @@ def restricted_loss(model: Any, freqs: Sequence[int], rows: Optional[Tensor] = N
                     logits: Optional[Tensor] = None, over: str = "grid") -> float:
     """The loss when the logits keep only their components along the key directions of `freqs`
     (everything else, the memorising part included, removed); see `project_logits`."""
-    logits = grid_activations(model, p)["logits"] if logits is None else logits
+    logits = grid_logits(model, p) if logits is None else logits
     return grid_loss(project_logits(logits, freqs, over), rows)
 
 
@@ -293,7 +300,7 @@ def excluded_loss(model: Any, freqs: Sequence[int], rows: Optional[Tensor] = Non
                   logits: Optional[Tensor] = None, over: str = "grid") -> float:
     """The loss when exactly the key directions of `freqs` are removed from the logits (the
     generalising algorithm cut out, the rest kept). The paper measures it on the training pairs."""
-    logits = grid_activations(model, p)["logits"] if logits is None else logits
+    logits = grid_logits(model, p) if logits is None else logits
     return grid_loss(logits - project_logits(logits, freqs, over), rows)
 
 
@@ -385,7 +392,7 @@ def progress_measures(checkpoints: Sequence[tuple[int, Any]], is_train: Bool[Ten
     is_train = torch.as_tensor(is_train, dtype=torch.bool)
     rows = []
     for step, model in checkpoints:
-        logits = grid_activations(model, p)["logits"]
+        logits = grid_logits(model, p)
         pp = logits.shape[0]
         flat, target = logits.reshape(pp * pp, pp), answers(pp)
         correct = flat.argmax(-1) == target
