@@ -2,7 +2,7 @@
 
     python recipes/hookgpt-modadd-113/make_table.py                   # the task table (seconds)
     hookgpt train --config recipes/hookgpt-modadd-113/config.json     # full-batch training (resumable: --resume)
-    python recipes/hookgpt-modadd-113/ship.py runs/hookgpt-modadd-113
+    python recipes/hookgpt-modadd-113/ship.py runs/hookgpt-modadd-113 [STEP]   # STEP: ship an earlier snapshot
 
 Exports the final checkpoint in float16 to `hookgpt/data/models/hookgpt-modadd-113/`, with the
 weights along training (`checkpoints/step_XXXXXX.safetensors`, float16: every 250 steps up to
@@ -15,6 +15,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from analyses import fourier  # noqa: E402
-from hookgpt import HookedGPT  # noqa: E402
+from hookgpt import GPTConfig, HookedGPT  # noqa: E402
 from hookgpt.datasets import load_task_table  # noqa: E402
 from hookgpt.train import TrainConfig, export_model, list_snapshots, load_checkpoint, read_log  # noqa: E402
 
@@ -49,18 +50,35 @@ def wall_time(run: Path) -> dict:
     return {"wall_seconds": total, "sessions": len(ends)}
 
 
-def main(run_dir: str) -> None:
+def export_snapshot(run: Path, step: int, state: dict) -> None:
+    """Save the weights of `run`'s snapshot at `step` as the model (float16), with the run's model config."""
+    model = HookedGPT(GPTConfig.from_dict(state["model_config"]), init_weights=False)
+    model.load_state_dict(load_file(str(dict(list_snapshots(run))[step])))
+    model = model.half()
+    model.cfg = model.cfg.replace(dtype=torch.float16)
+    model.save_pretrained(str(OUT))
+
+
+def main(run_dir: str, final_step: Optional[int] = None) -> None:
+    """Ship `run_dir`'s model: its last checkpoint, or with `final_step` its snapshot at that step
+    (the weights a run with `max_steps = final_step` ends with: the learning rate is constant)."""
     run = Path(run_dir)
     state = load_checkpoint(run / "ckpt.pt")
     train_cfg = TrainConfig.from_dict(state["train_config"])
     _, _, is_train, table_meta = load_task_table(train_cfg.data)
+    final_step = state["step"] if final_step is None else final_step
+    if train_cfg.lr != train_cfg.min_lr and final_step != state["step"]:
+        raise SystemExit("shipping an earlier step is exact only with a constant learning rate (lr == min_lr)")
 
     if OUT.exists():
         shutil.rmtree(OUT)
-    export_model(run / "ckpt.pt", OUT, dtype="float16")
+    if final_step == state["step"]:
+        export_model(run / "ckpt.pt", OUT, dtype="float16")
+    else:
+        export_snapshot(run, final_step, state)
     (OUT / "checkpoints").mkdir()
     snapshots = dict(list_snapshots(run))
-    for step in shipped_steps(sorted(snapshots)):
+    for step in shipped_steps([s for s in sorted(snapshots) if s <= final_step]):
         weights = {k: v.half().contiguous() for k, v in load_file(str(snapshots[step])).items()}
         save_file(weights, str(OUT / "checkpoints" / f"step_{step:06d}.safetensors"), metadata={"step": str(step)})
     save_file({"is_train": torch.from_numpy(is_train)}, str(OUT / "task.safetensors"), metadata={k: str(v) for k, v in table_meta.items()})
@@ -85,9 +103,11 @@ def main(run_dir: str) -> None:
         "training": {
             "command": COMMAND,
             "train_config": state["train_config"],
-            "steps": state["step"],
-            "epochs": state["step"],  # full batch: one step is one epoch
-            "final_train_loss_during_training": log[-1]["loss"],
+            "steps": final_step,
+            "epochs": final_step,  # full batch: one step is one epoch
+            "run_steps": state["step"],
+            "final_train_loss_during_training": next(r["loss"] for r in log if r["step"] == final_step),
+            "after_the_shipped_step": after_note(log, final_step),
             **wall_time(run),
         },
         "evaluation": {
@@ -112,7 +132,20 @@ def main(run_dir: str) -> None:
         raise SystemExit(f"{OUT} holds {size:,} bytes, more than {MAX_BYTES:,}")
     (OUT / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (OUT / "MODEL_CARD.md").write_text(model_card_markdown(card))
+    for path in OUT.rglob("*"):  # safetensors writes 0600 files; a package's data files are 0644
+        path.chmod(0o755 if path.is_dir() else 0o644)
     print(json.dumps(card["evaluation"], indent=2))
+
+
+def after_note(log: list[dict], final_step: int) -> Optional[dict]:
+    """What the run did after the shipped step, if it went on (from its log)."""
+    later = [r for r in log if r["step"] > final_step]
+    if not later:
+        return None
+    spike = max(later, key=lambda r: r["loss"])
+    evaluated = [r for r in later if "val_accuracy" in r]
+    return {"last_step": later[-1]["step"], "highest_train_loss": spike["loss"], "at_step": spike["step"],
+            "last_test_accuracy": evaluated[-1]["val_accuracy"] if evaluated else None}
 
 
 def weight_decay_note(weight_decay: float) -> str:
@@ -123,9 +156,20 @@ def weight_decay_note(weight_decay: float) -> str:
             "1.0 had memorised by epoch 1,342 when it was stopped, test accuracy 5%); ")
 
 
+def spike_note(t: dict) -> str:
+    after = t.get("after_the_shipped_step")
+    if not after:
+        return ""
+    return (f"\n- This run went on to step {after['last_step']:,}, where a loss spike (the float32 \"slingshot\": train loss up to "
+            f"{after['highest_train_loss']:.1e} at step {after['at_step']:,}; test accuracy {after['last_test_accuracy']:.2%} at the end) "
+            f"left the weights less clean. The shipped model is the step-{t['steps']:,} weights, which the recipe's "
+            f"`max_steps: {t['steps']}` reproduces (the learning rate is constant after warmup, so stopping earlier changes nothing before).")
+
+
 def model_card_markdown(card: dict) -> str:
     cfg, t, e, tc = card["config"], card["training"], card["evaluation"], card["training"]["train_config"]
-    wall = f"{t['wall_seconds'] / 60:.0f} minutes of one CPU thread (a 2-core machine shared with other work)" if "wall_seconds" in t else "not recorded"
+    wall = (f"{t['wall_seconds'] / 60:.0f} minutes of one CPU thread for the run's {t['run_steps']:,} steps (a 2-core machine "
+            "shared with other work)") if "wall_seconds" in t else "not recorded"
     phases = "; ".join(f"{name} steps {a:,}–{b:,}" for name, (a, b) in e["phases"].items())
     return f"""# hookgpt-modadd-113
 
@@ -152,7 +196,7 @@ All 113² = 12,769 pairs; a random 30% ({card['task']['train_pairs']:,} pairs, s
 - Full batch (every step is one epoch over the 3,830 training pairs), {t['steps']:,} steps; loss on the answer position only.
 - AdamW, lr {tc['lr']} after {tc['warmup_steps']} linear warmup steps, constant; weight decay {tc['weight_decay']} on every matrix,
   embeddings included; betas {tuple(tc['betas'])}; no gradient clipping; biases frozen at zero (`freeze: {tc['freeze']}`); model seed {tc['seed']}.
-- Wall time: {wall}.
+- Wall time: {wall}.{spike_note(t)}
 - Deviations from the paper: {weight_decay_note(tc['weight_decay'])}{t['steps']:,} epochs instead of 40,000 (enough for the three phases); init N(0, {cfg['init_range']})
   (TransformerLens's 0.8/sqrt(d_model)) with hookgpt's GPT-2 rule scaling W_O and W_out by 1/sqrt(2); the loss in float32
   (the paper used float64); its own random split and seeds.
@@ -172,4 +216,4 @@ All 113² = 12,769 pairs; a random 30% ({card['task']['train_pairs']:,} pairs, s
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/hookgpt-modadd-113")
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/hookgpt-modadd-113", int(sys.argv[2]) if len(sys.argv) > 2 else None)
