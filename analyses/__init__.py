@@ -14,6 +14,8 @@
 Ablation, patching and steering build interventions (`hookgpt.interventions`) and run them
 through its batched engine.
 - `collect`: activations over a dataset to safetensors shards, and back.
+- `fourier`: Fourier analysis of modular-arithmetic models (key frequencies, neuron clusters,
+  restricted/excluded loss, progress measures over training checkpoints).
 - `sae`: sparse autoencoders: train on any hook, splice, attribute and steer features, dashboards.
 - `plotting`: the plotly helpers they share.
 
@@ -26,7 +28,7 @@ Submodules are imported on first use, so `import analyses.render` does not load 
 import importlib
 from typing import Any
 
-__all__ = ["ablation", "attribution", "collect", "heads", "logit_lens", "metrics", "patching", "plotting", "sae", "steering"]
+__all__ = ["ablation", "attribution", "collect", "fourier", "heads", "logit_lens", "metrics", "patching", "plotting", "sae", "steering"]
 
 
 def __getattr__(name: str) -> Any:

