@@ -224,12 +224,39 @@ def cmd_demo(args) -> int:
     repeated_text = model.to_string(repeated[0, 1:])
     for layer in range(model.cfg.n_layers):
         sections.append((f"Attention, layer {layer}, on a repeated random sequence (hover a token)", attention(model, repeated_text, layer=layer)))
+    sections += _sae_sections(model, args.model, prompt)
     report = save_report(out_dir / "report.html", f"hookgpt demo: {args.model}", sections)
     summary = {"model": args.model, "loss_on_prompt": loss, "continuation": continuation,
                "top_heads": {k: df.to_dict(orient="records") for k, df in top.items()}, "seconds": time.perf_counter() - started}
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
     print(f"\nwrote {report} and {out_dir / 'summary.json'} in {summary['seconds']:.1f} s")
     return 0
+
+
+def _sae_sections(model, model_name: str, prompt: str) -> list:
+    """The shipped SAE of the shipped model, if there is one: its features most active on the
+    prompt's last token, as dashboards over held-out Shakespeare."""
+    import tempfile
+
+    import torch
+
+    from analyses.sae import SAE, list_pretrained_saes
+    from analyses.sae.dashboard import feature_dashboards
+    from hookgpt.datasets import load_tokens, prepare_data
+
+    names = [n for n in list_pretrained_saes() if n.startswith(f"{model_name}-")]
+    if not names:
+        return []
+    sae = SAE.from_pretrained(names[0])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(prompt, names_filter=sae.cfg.hook_name, return_type=None)
+        acts = sae.encode(cache[sae.cfg.hook_name][0, -1])  # [d_sae] at the prompt's last token
+    features = [int(f) for f in acts.topk(4).indices if acts[f] > 0]
+    print(f"shipped SAE {names[0]}: features most active on the prompt's last token: {features}")
+    with tempfile.TemporaryDirectory() as tmp:
+        val = torch.from_numpy(load_tokens(prepare_data(None, tmp), "val").astype("int64"))
+        dashboards = feature_dashboards(model, sae, val, features=features, seq_len=64, max_rows=32, steer_prompt=prompt)
+    return [(f"SAE features ({names[0]}) most active on the prompt's last token", dashboards.view())]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,6 +109,8 @@ def test_demo_writes_report(capsys, tmp_path):
     report = (tmp_path / "demo" / "report.html").read_text()
     assert report.count("hookgptViews.mount") >= 3 and "plotly" in report.lower()
     assert not external_resources(report)
+    # the shipped SAE's features most active on the prompt, as a feature browser
+    assert "shipped SAE hookgpt-shakespeare-resid-pre-1" in out and 'mount("FeatureBrowser"' in report
 
 
 def test_export_then_load(capsys, tmp_path):
