@@ -53,6 +53,7 @@ from torch import Tensor
 from analyses._common import TokensLike, as_tokens, head_list, layer_list, position_list
 from analyses.metrics import Metric
 from analyses.patching import PatchingResult, _position_labels
+from hookgpt.errors import ArgumentError, UnknownNameError
 
 Port = Optional[Literal["q", "k", "v"]]
 
@@ -95,7 +96,7 @@ class Graph:
     def __init__(self, model: Any):
         cfg = model.cfg
         if cfg.n_layers < 1:
-            raise ValueError("a circuit needs at least one layer")
+            raise ArgumentError("a circuit needs at least one layer")
         self.n_layers, self.n_heads, self.attn_only = cfg.n_layers, cfg.n_heads, cfg.attn_only
         self.upstream: list[Node] = [Node("embed", -1)]
         self.receivers: list[Receiver] = []
@@ -119,12 +120,12 @@ class Graph:
 
     def upstream_index(self, name: str) -> int:
         if name not in self._up_index:
-            raise KeyError(f"no upstream node {name!r}; nodes are embed, L<layer>H<head>, mlp<layer>")
+            raise UnknownNameError(f"no upstream node {name!r}; nodes are embed, L<layer>H<head>, mlp<layer>")
         return self._up_index[name]
 
     def receiver_index(self, name: str) -> int:
         if name not in self._recv_index:
-            raise KeyError(f"no receiver {name!r}; receivers are L<layer>H<head>.q/.k/.v, mlp<layer>, logits")
+            raise UnknownNameError(f"no receiver {name!r}; receivers are L<layer>H<head>.q/.k/.v, mlp<layer>, logits")
         return self._recv_index[name]
 
     def edge_mask(self, edges: Sequence[tuple[str, str]]) -> Tensor:
@@ -133,7 +134,7 @@ class Graph:
         for u, r in edges:
             i, j = self.upstream_index(u), self.receiver_index(r)
             if not self.mask[i, j]:
-                raise ValueError(f"there is no edge {u} -> {r}: {u} does not come before {r}")
+                raise ArgumentError(f"there is no edge {u} -> {r}: {u} does not come before {r}")
             mask[i, j] = 1.0
         return mask
 
@@ -235,7 +236,7 @@ class EdgeScores:
         """The top-`n` edges by |score| (or those with |score| >= `threshold`), pruned to the
         edges on a path from the embeddings to the logits."""
         if (n is None) == (threshold is None):
-            raise ValueError("give exactly one of n (top-n edges) or threshold (|score| >= threshold)")
+            raise ArgumentError("give exactly one of n (top-n edges) or threshold (|score| >= threshold)")
         if n is not None:
             edges = [(u, r) for u, r, _ in self.top(n)]
         else:
@@ -338,9 +339,9 @@ def edge_attribution(
     """Score every edge of the graph: EAP (one backward on the corrupted run) or EAP-IG (the
     gradient averaged over `steps` embeddings interpolated from corrupted to clean)."""
     if method not in ("EAP", "EAP-IG"):
-        raise ValueError(f"method must be 'EAP' or 'EAP-IG', got {method!r}")
+        raise ArgumentError(f"method must be 'EAP' or 'EAP-IG', got {method!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+        raise ArgumentError(f"steps must be a positive int, got {steps!r}")
     clean_tokens, corrupted_tokens, read = _pair(model, clean, corrupted, read_positions)
     graph = Graph(model)
     clean_out = _upstream_outputs(model, clean_tokens)
@@ -363,7 +364,7 @@ def edge_attribution(
 def _pair(model: Any, clean: TokensLike, corrupted: TokensLike, read_positions: Any) -> tuple[Tensor, Tensor, list[int]]:
     clean_tokens, corrupted_tokens = as_tokens(model, clean), as_tokens(model, corrupted)
     if clean_tokens.shape != corrupted_tokens.shape:
-        raise ValueError(f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} inputs must have the same shape")
+        raise ArgumentError(f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} inputs must have the same shape")
     return clean_tokens, corrupted_tokens, position_list(read_positions, clean_tokens.shape[1], "read_positions")
 
 
@@ -379,7 +380,7 @@ def edges_swapped(model: Any, other: Float[Tensor, "batch pos upstream d_model"]
     graph = Graph(model)
     swap = swap.to(other.dtype)
     if swap.shape != graph.mask.shape:
-        raise ValueError(f"swap must be [n_upstream, n_receivers] = {tuple(graph.mask.shape)}, got {tuple(swap.shape)}")
+        raise ArgumentError(f"swap must be [n_upstream, n_receivers] = {tuple(graph.mask.shape)}, got {tuple(swap.shape)}")
     current: dict[int, Tensor] = {}  # upstream index -> this run's output
     n_heads = model.cfg.n_heads
 
@@ -537,7 +538,7 @@ def path_patching(
     for s in senders:
         edges = [(s, r) for r in expanded if graph.mask[graph.upstream_index(s), graph.receiver_index(r)]]
         if not edges:
-            raise ValueError(f"sender {s} has no edge into any of the receivers {list(receivers)} (it must come before them)")
+            raise ArgumentError(f"sender {s} has no edge into any of the receivers {list(receivers)} (it must come before them)")
         value = _metric_with_swap(model, clean_tokens, corrupted_out, graph.edge_mask(edges), metric, read)
         rows.append(dict(sender=s, metric=value, change=value - clean_metric))
     return pd.DataFrame(rows)
@@ -568,7 +569,7 @@ def _attribution(
         value = metric(logits[:, read])
         value.backward()
     products = {n: (clean_cache[n] - acts[n]) * grads[n] for n in names}
-    return products, float(metric(clean_logits[:, read])), float(value)
+    return products, float(metric(clean_logits[:, read])), float(value.detach())
 
 
 def attribution_patch_heads(
@@ -585,7 +586,7 @@ def attribution_patch_heads(
     """The attribution-patching estimate of `analyses.patching.patch_heads`, from one backward:
     values `[layer, head]` (or `[layer, pos, head]`) = corrupted metric + estimated effect."""
     if activation not in ("z", "q", "k", "v", "pattern"):
-        raise ValueError(f"activation must be one of z, q, k, v, pattern, got {activation!r}")
+        raise ArgumentError(f"activation must be one of z, q, k, v, pattern, got {activation!r}")
     clean_tokens, corrupted_tokens, read = _pair(model, clean, corrupted, read_positions)
     layers, heads = layer_list(model, layers), head_list(model, heads)
     names = [f"blocks.{l}.attn.hook_{activation}" for l in layers]
@@ -617,9 +618,9 @@ def attribution_patch_residual(
     """The attribution-patching estimate of `analyses.patching.patch_residual`: values `[layer, pos]`."""
     hooks = {"resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out"}
     if activation not in hooks:
-        raise ValueError(f"activation must be one of {sorted(hooks)}, got {activation!r}")
+        raise ArgumentError(f"activation must be one of {sorted(hooks)}, got {activation!r}")
     if activation in ("resid_mid", "mlp_out") and model.cfg.attn_only:
-        raise ValueError(f"an attention-only model has no {activation}")
+        raise ArgumentError(f"an attention-only model has no {activation}")
     clean_tokens, corrupted_tokens, read = _pair(model, clean, corrupted, read_positions)
     layers = layer_list(model, layers)
     names = [f"blocks.{l}.{hooks[activation]}" for l in layers]
@@ -640,7 +641,7 @@ def attribution_patch_neurons(
 ) -> Float[Tensor, "layer d_mlp"]:
     """Estimated effect of patching each MLP neuron (`mlp.hook_post`, every position): `[layer, d_mlp]`."""
     if model.cfg.attn_only:
-        raise ValueError("an attention-only model has no MLP neurons")
+        raise ArgumentError("an attention-only model has no MLP neurons")
     clean_tokens, corrupted_tokens, read = _pair(model, clean, corrupted, read_positions)
     layers = layer_list(model, layers)
     names = [f"blocks.{l}.mlp.hook_post" for l in layers]
