@@ -57,6 +57,35 @@ from hookgpt.errors import ArgumentError, UnknownNameError
 
 Port = Optional[Literal["q", "k", "v"]]
 
+# ------------------------------------------------------------------ a standard task: induction
+
+
+def induction_task(
+    model: Any, seq_len: int = 20, batch: int = 8, seed: int = 0
+) -> tuple[Tensor, Tensor, Metric, list[int]]:
+    """The induction task of the circuit papers, ready for every function here: `(clean,
+    corrupted, metric, read_positions)`.
+
+    `clean` is `analyses.heads.repeated_random_tokens` (BOS, `seq_len` random tokens, the same
+    again); `corrupted` has the first copy replaced by other random tokens (the second copy is
+    kept, so only the repetition is gone). The metric is the mean log-prob of the correct next
+    token over the second copy, read at `read_positions` (every position of the second copy but
+    its last, whose next token is unknown)."""
+    from analyses.heads import repeated_random_tokens
+
+    clean = repeated_random_tokens(model, seq_len=seq_len, batch=batch, seed=seed)
+    other = repeated_random_tokens(model, seq_len=seq_len, batch=batch, seed=seed + 1)
+    corrupted = clean.clone()
+    corrupted[:, 1 : seq_len + 1] = other[:, 1 : seq_len + 1]
+    read = list(range(seq_len + 1, 2 * seq_len))
+    labels = clean[:, [p + 1 for p in read]]
+
+    def second_copy_log_prob(logits: Float[Tensor, "batch read_pos d_vocab"]) -> Float[Tensor, ""]:
+        return logits.log_softmax(-1).gather(-1, labels[..., None].to(logits.device)).mean()
+
+    return clean, corrupted, second_copy_log_prob, read
+
+
 # ------------------------------------------------------------------ the graph
 
 
