@@ -41,6 +41,7 @@ The metric receives the logits at `read_positions`, `[batch, n_read, d_vocab]` (
 """
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Optional, Sequence, Union
 
@@ -576,29 +577,108 @@ def path_patching(
 # ------------------------------------------------------------------ attribution patching (nodes)
 
 
+@dataclass
+class _Runs:
+    """What attribution patching needs: the clean activations, the corrupted ones, and the
+    gradient of the metric on the corrupted run (one per GradDrop layer with `grad_drop`)."""
+
+    clean: dict[str, Tensor]
+    corrupted: dict[str, Tensor]
+    grads: list[dict[str, Tensor]]
+    clean_metric: float
+    corrupted_metric: float
+
+
+def _attribution_runs(
+    model: Any, clean: Tensor, corrupted: Tensor, metric: Metric, names: list[str], read: list[int], grad_drop: bool = False
+) -> _Runs:
+    """One clean forward, then on the corrupted run one backward (or, with `grad_drop`, one per
+    layer, each with the gradient through that layer's residual-stream contributions,
+    `hook_attn_out` and `hook_mlp_out`, set to zero)."""
+    from hookgpt.hooks import observe
+
+    with torch.no_grad():
+        clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names)
+    clean_acts = {n: clean_cache[n] for n in names}
+    acts: dict[str, Tensor] = {}
+
+    def save_act(act: Tensor, hook: Any) -> None:
+        acts[hook.name] = act.detach()
+
+    def drop(grad: Tensor, hook: Any) -> Tensor:
+        return torch.zeros_like(grad)
+
+    dropped: list[Optional[int]] = list(range(model.cfg.n_layers)) if grad_drop else [None]
+    all_grads, value = [], None
+    for layer in dropped:
+        grads: dict[str, Tensor] = {}
+
+        def save_grad(grad: Tensor, hook: Any) -> None:
+            grads[hook.name] = grad.detach()
+
+        bwd = [(n, save_grad) for n in names]
+        if layer is not None:
+            bwd += [(f"blocks.{layer}.hook_attn_out", drop)]
+            if not model.cfg.attn_only:
+                bwd += [(f"blocks.{layer}.hook_mlp_out", drop)]
+        with model.hooks(fwd_hooks=[(n, observe(save_act)) for n in names], bwd_hooks=bwd), torch.enable_grad():
+            logits = model(corrupted)
+            value = metric(logits[:, read])
+            value.backward()
+        for n in names:  # an activation the (dropped) gradient never reaches has gradient zero
+            grads.setdefault(n, torch.zeros_like(acts[n]))
+        all_grads.append(grads)
+    return _Runs(clean_acts, acts, all_grads, float(metric(clean_logits[:, read])), float(value.detach()))
+
+
+def _combine(estimates: list[Tensor], grad_drop: bool, n_layers: int) -> Tensor:
+    """Plain AtP: the one estimate. GradDrop (Kramár et al. 2024): sum over the dropped layers of
+    |estimate|, divided by n_layers - 1 (a node's own layer always gives 0 there)."""
+    if not grad_drop:
+        return estimates[0]
+    return torch.stack([e.abs() for e in estimates]).sum(0) / (n_layers - 1)
+
+
 def _attribution(
     model: Any, clean: Tensor, corrupted: Tensor, metric: Metric, names: list[str], read: list[int]
 ) -> tuple[dict[str, Tensor], float, float]:
     """Per hook name, `(clean - corrupted) * d metric / d activation` (elementwise, [batch, ...]),
     with the clean and corrupted metrics."""
-    with torch.no_grad():
-        clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names)
-    acts, grads = {}, {}
+    runs = _attribution_runs(model, clean, corrupted, metric, names, read)
+    products = {n: (runs.clean[n] - runs.corrupted[n]) * runs.grads[0][n] for n in names}
+    return products, runs.clean_metric, runs.corrupted_metric
 
-    def save_act(act: Tensor, hook: Any) -> None:
-        acts[hook.name] = act.detach()
 
-    def save_grad(grad: Tensor, hook: Any) -> None:
-        grads[hook.name] = grad.detach()
+def _scores(q: Tensor, k: Tensor) -> Tensor:
+    """Causal attention scores `[batch, head, query, key]` from q, k `[batch, pos, head, d_head]`."""
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    n = q.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    return scores.masked_fill(~causal, float("-inf"))
 
-    from hookgpt.hooks import observe
 
-    with model.hooks(fwd_hooks=[(n, observe(save_act)) for n in names], bwd_hooks=[(n, save_grad) for n in names]), torch.enable_grad():
-        logits = model(corrupted)
-        value = metric(logits[:, read])
-        value.backward()
-    products = {n: (clean_cache[n] - acts[n]) * grads[n] for n in names}
-    return products, float(metric(clean_logits[:, read])), float(value.detach())
+def _qk_fixed_effect(
+    which: str, q: Tensor, k: Tensor, q_clean: Tensor, k_clean: Tensor, grad_pattern: Tensor, by_position: bool
+) -> Float[Tensor, "pos head"]:
+    """AtP*'s QK fix: the attention pattern after patching the query (or key) is recomputed
+    exactly (the softmax is where AtP's linearisation fails worst), and only the step from the
+    pattern to the metric is linearised: effect = sum (pattern' - pattern) * d metric / d pattern.
+    Returns `[pos, head]` (one position patched at a time) or `[head]` (every position)."""
+    scores = _scores(q, k)
+    pattern = scores.softmax(-1)
+    if which == "q":  # patching query i changes row i only, so all rows at once
+        new = _scores(q_clean, k).softmax(-1)
+        per_query = ((new - pattern) * grad_pattern).sum(dim=(0, 3)).T  # [query, head]
+        return per_query if by_position else per_query.sum(0)  # rows are independent
+    column = _scores(q, k_clean)  # the scores with every key clean
+    if not by_position:
+        return ((column.softmax(-1) - pattern) * grad_pattern).sum(dim=(0, 2, 3))
+    out = torch.zeros(q.shape[1], q.shape[2], dtype=q.dtype, device=q.device)
+    for p in range(q.shape[1]):  # patching key p changes column p of every query's row
+        changed = scores.clone()
+        changed[..., p] = column[..., p]
+        out[p] = ((changed.softmax(-1) - pattern) * grad_pattern).sum(dim=(0, 2, 3))
+    return out
 
 
 def attribution_patch_heads(
@@ -611,28 +691,59 @@ def attribution_patch_heads(
     heads: Optional[Sequence[int]] = None,
     by_position: bool = False,
     read_positions: Union[int, Sequence[int]] = -1,
+    qk_fix: bool = False,
+    grad_drop: bool = False,
 ) -> PatchingResult:
     """The attribution-patching estimate of `analyses.patching.patch_heads`, from one backward:
-    values `[layer, head]` (or `[layer, pos, head]`) = corrupted metric + estimated effect."""
+    values `[layer, head]` (or `[layer, pos, head]`) = corrupted metric + estimated effect.
+
+    AtP* (Kramár et al. 2024) corrections, off by default:
+
+    - `qk_fix=True` (for `activation="q"` or `"k"`): the attention softmax is recomputed exactly
+      for the patched queries or keys, and only the pattern -> metric step is linearised. Plain
+      AtP misses patches that move a saturated softmax (a head that attends sharply in one run
+      and diffusely in the other): its gradient there is near zero.
+    - `grad_drop=True`: one backward per layer `l`, with the gradient through layer `l`'s
+      contributions to the residual stream (`hook_attn_out`, `hook_mlp_out`) set to zero; the
+      estimate is `sum_l |estimate_l| / (n_layers - 1)`. A node whose effects along different
+      paths cancel in plain AtP (a false negative) keeps them here. The values are then
+      corrupted metric + an estimated **magnitude** (the sign is lost), for ranking nodes.
+      Needs at least 2 layers; costs n_layers backward passes.
+    """
     if activation not in ("z", "q", "k", "v", "pattern"):
         raise ArgumentError(f"activation must be one of z, q, k, v, pattern, got {activation!r}")
+    if qk_fix and activation not in ("q", "k"):
+        raise ArgumentError(f"qk_fix applies to activation='q' or 'k' (the inputs of the attention softmax), not {activation!r}")
+    if grad_drop and model.cfg.n_layers < 2:
+        raise ArgumentError("grad_drop needs a model with at least 2 layers (it divides by n_layers - 1)")
     clean_tokens, corrupted_tokens, read = _pair(model, clean, corrupted, read_positions)
     layers, heads = layer_list(model, layers), head_list(model, heads)
     names = [f"blocks.{l}.attn.hook_{activation}" for l in layers]
-    products, clean_metric, corrupted_metric = _attribution(model, clean_tokens, corrupted_tokens, metric, names, read)
-    per_layer = []
-    for name in names:
-        p = products[name]
-        if activation == "pattern":  # [batch, head, query, key] -> [pos (query), head]
-            per_layer.append(p.sum(dim=(0, 3)).T)
-        else:  # [batch, pos, head, d_head] -> [pos, head]
-            per_layer.append(p.sum(dim=(0, 3)))
-    effect = torch.stack(per_layer)[:, :, heads]  # [layer, pos, head]
+    if qk_fix:
+        names = [f"blocks.{l}.attn.hook_{a}" for l in layers for a in ("q", "k", "pattern")]
+    runs = _attribution_runs(model, clean_tokens, corrupted_tokens, metric, names, read, grad_drop)
     seq_len = clean_tokens.shape[1]
+    estimates = []
+    for grads in runs.grads:
+        per_layer = []
+        for l in layers:
+            name = f"blocks.{l}.attn.hook_{activation}"
+            if qk_fix:
+                a = lambda n: runs.corrupted[f"blocks.{l}.attn.hook_{n}"]  # noqa: E731
+                c = lambda n: runs.clean[f"blocks.{l}.attn.hook_{n}"]  # noqa: E731
+                per_layer.append(_qk_fixed_effect(activation, a("q"), a("k"), c("q"), c("k"), grads[f"blocks.{l}.attn.hook_pattern"], by_position))
+                continue
+            p = (runs.clean[name] - runs.corrupted[name]) * grads[name]
+            # [batch, head, query, key] (pattern) or [batch, pos, head, d_head] -> [pos, head]
+            per_pos = p.sum(dim=(0, 3)).T if activation == "pattern" else p.sum(dim=(0, 3))
+            per_layer.append(per_pos if by_position else per_pos.sum(0))
+        estimates.append(torch.stack(per_layer)[..., heads])  # [layer, pos, head] or [layer, head]
+    effect = _combine(estimates, grad_drop, model.cfg.n_layers)
+    clean_metric, corrupted_metric = runs.clean_metric, runs.corrupted_metric
     if by_position:
         labels = _position_labels(model, clean_tokens, corrupted_tokens, list(range(seq_len)))
         return PatchingResult(corrupted_metric + effect, ("layer", "pos", "head"), activation, layers, list(range(seq_len)), heads, clean_metric, corrupted_metric, labels)
-    return PatchingResult(corrupted_metric + effect.sum(1), ("layer", "head"), activation, layers, None, heads, clean_metric, corrupted_metric)
+    return PatchingResult(corrupted_metric + effect, ("layer", "head"), activation, layers, None, heads, clean_metric, corrupted_metric)
 
 
 def attribution_patch_residual(
