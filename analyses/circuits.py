@@ -213,6 +213,12 @@ def _stack_receiver_grads(model: Any, grads: dict[str, Tensor]) -> Float[Tensor,
     return torch.cat(parts, dim=2)
 
 
+def _requiring_grad(x: Tensor, hook: Any) -> Tensor:
+    """A `hook_embed` hook: a model whose weights do not require gradients (frozen, as for
+    analysis) still gets them at every activation downstream."""
+    return x if x.requires_grad else x.detach().requires_grad_()
+
+
 def _receiver_gradients(
     model: Any, tokens: Tensor, metric: Metric, read: list[int], embeddings: Optional[Tensor] = None
 ) -> Float[Tensor, "batch pos receiver d_model"]:
@@ -231,8 +237,7 @@ def _receiver_gradients(
         flat = embeddings.reshape(steps * batch, *embeddings.shape[2:])
         fwd = [("hook_embed", lambda x, hook: flat.to(x.dtype)), ("hook_pos_embed", lambda x, hook: torch.zeros_like(x))]
         tokens = tokens.repeat(steps, 1)
-    # a model whose weights do not require gradients still gets them at the receivers
-    fwd.append(("hook_embed", lambda x, hook: x if x.requires_grad else x.detach().requires_grad_()))
+    fwd.append(("hook_embed", _requiring_grad))
     with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd), torch.enable_grad():
         logits = model(tokens, logit_positions=read)
         total = sum(metric(logits[s * batch : (s + 1) * batch]) for s in range(steps))
@@ -621,7 +626,8 @@ def _attribution_runs(
             bwd += [(f"blocks.{layer}.hook_attn_out", drop)]
             if not model.cfg.attn_only:
                 bwd += [(f"blocks.{layer}.hook_mlp_out", drop)]
-        with model.hooks(fwd_hooks=[(n, observe(save_act)) for n in names], bwd_hooks=bwd), torch.enable_grad():
+        fwd = [(n, observe(save_act)) for n in names] + [("hook_embed", _requiring_grad)]
+        with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd), torch.enable_grad():
             logits = model(corrupted)
             value = metric(logits[:, read])
             value.backward()

@@ -247,3 +247,18 @@ def test_circuit_view_builds_for_a_circuit_with_edges_into_the_logits(model64, p
     small = scores.circuit(n=6)
     assert any(r == "logits" for _, r in small.edges)
     small.view()
+
+
+def test_a_frozen_model_gets_gradients_too(pair):
+    """Analysis often runs on a model whose parameters do not require gradients."""
+    clean, corrupted = pair
+    model = perturbed_model(scale=0.3, seed=1, **SMALL).double()
+    reference = circuits.attribution_patch_heads(model, clean, corrupted, metric).values
+    residual = circuits.attribution_patch_residual(model, clean, corrupted, metric).values
+    edges = circuits.edge_attribution(model, clean, corrupted, metric).scores
+    for param in model.parameters():
+        param.requires_grad_(False)
+    torch.testing.assert_close(circuits.attribution_patch_heads(model, clean, corrupted, metric).values, reference)
+    torch.testing.assert_close(circuits.attribution_patch_residual(model, clean, corrupted, metric).values, residual)
+    torch.testing.assert_close(circuits.edge_attribution(model, clean, corrupted, metric).scores, edges)
+    assert no_hooks(model)
