@@ -384,12 +384,12 @@ def edge_attribution(
     if method == "EAP":
         grads = _receiver_gradients(model, corrupted_tokens, metric, read)
     else:
-        alphas = (torch.arange(steps, dtype=clean_out.dtype) + 1) / steps  # 1/steps .. 1 (Hanna et al.)
+        alphas = (torch.arange(steps, dtype=clean_out.dtype, device=clean_out.device) + 1) / steps  # 1/steps .. 1 (Hanna et al.)
         clean_embed, corrupted_embed = clean_out[:, :, 0], corrupted_out[:, :, 0]
         embeddings = corrupted_embed + alphas[:, None, None, None] * (clean_embed - corrupted_embed)
         grads = _receiver_gradients(model, corrupted_tokens, metric, read, embeddings=embeddings)
     diff = clean_out - corrupted_out  # [batch, pos, upstream, d_model]
-    scores = torch.einsum("bpud,bprd->ur", diff.double(), grads.double()).float() * graph.mask
+    scores = torch.einsum("bpud,bprd->ur", diff.double(), grads.double()).float().cpu() * graph.mask
     with torch.no_grad():
         clean_metric = float(metric(model(clean_tokens)[:, read]))
         corrupted_metric = float(metric(model(corrupted_tokens)[:, read]))
@@ -413,7 +413,7 @@ def edges_swapped(model: Any, other: Float[Tensor, "batch pos upstream d_model"]
     of another run, from `_upstream_outputs`): each receiver's input gets
     `swap[u, r] * (other_u - current_u)` added for every upstream node `u`."""
     graph = Graph(model)
-    swap = swap.to(other.dtype)
+    swap = swap.to(device=other.device, dtype=other.dtype)
     if swap.shape != graph.mask.shape:
         raise ArgumentError(f"swap must be [n_upstream, n_receivers] = {tuple(graph.mask.shape)}, got {tuple(swap.shape)}")
     current: dict[int, Tensor] = {}  # upstream index -> this run's output
@@ -492,11 +492,15 @@ def faithfulness(
     `circuit` is patched to its corrupted value (1: the circuit does it all; 0: nothing)."""
     clean_tokens, corrupted_tokens, read = _pair(model, clean, corrupted, read_positions)
     graph = Graph(model)
-    mask = circuit.mask if isinstance(circuit, Circuit) else circuit
+    mask = (circuit.mask if isinstance(circuit, Circuit) else circuit).detach().cpu().float()
+    if mask.shape != graph.mask.shape:
+        raise ArgumentError(f"circuit must be a Circuit or a [n_upstream, n_receivers] = {tuple(graph.mask.shape)} mask, got {tuple(mask.shape)}")
     corrupted_out = _upstream_outputs(model, corrupted_tokens)
     with torch.no_grad():
         clean_metric = float(metric(model(clean_tokens)[:, read]))
         corrupted_metric = float(metric(model(corrupted_tokens)[:, read]))
+    if clean_metric == corrupted_metric:
+        raise ArgumentError(f"the clean and corrupted runs give the same metric ({clean_metric}): there is no difference for a circuit to recover")
     outside = graph.mask.float() * (1.0 - mask)
     value = _metric_with_swap(model, clean_tokens, corrupted_out, outside, metric, read)
     return (value - corrupted_metric) / (clean_metric - corrupted_metric)

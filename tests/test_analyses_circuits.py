@@ -227,6 +227,10 @@ def test_bad_inputs_are_clear_errors(model64, pair):
         circuits.edge_attribution(model64, clean, corrupted, metric, method="IG")
     with pytest.raises(ArgumentError, match="same shape"):
         circuits.edge_attribution(model64, clean, corrupted[:, :5], metric)
+    with pytest.raises(ArgumentError, match=r"circuit must be a Circuit or a \[n_upstream, n_receivers\]"):
+        circuits.faithfulness(model64, clean, corrupted, metric, torch.ones(3, 3))
+    with pytest.raises(ArgumentError, match="same metric"):
+        circuits.faithfulness(model64, clean, clean, metric, graph.mask.float())
     scores = circuits.edge_attribution(model64, clean, corrupted, metric)
     with pytest.raises(ArgumentError, match="exactly one of n"):
         scores.circuit()
