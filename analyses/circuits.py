@@ -411,11 +411,21 @@ def edges_swapped(model: Any, other: Float[Tensor, "batch pos upstream d_model"]
     """While active, a forward pass on some tokens runs with the edges of `swap` (a `[n_upstream,
     n_receivers]` mask; fractions allowed) taking their value from `other` (the upstream outputs
     of another run, from `_upstream_outputs`): each receiver's input gets
-    `swap[u, r] * (other_u - current_u)` added for every upstream node `u`."""
+    `swap[u, r] * (other_u - current_u)` added for every upstream node `u`.
+
+    `swap` may also be a stack `[n_sets, n_upstream, n_receivers]`: the forward pass then takes
+    the prompts repeated `n_sets` times (set-major, `tokens.repeat(n_sets, 1)`), and the rows of
+    set `s` get mask `swap[s]`: many edge sets in one forward pass."""
     graph = Graph(model)
     swap = swap.to(device=other.device, dtype=other.dtype)
-    if swap.shape != graph.mask.shape:
-        raise ArgumentError(f"swap must be [n_upstream, n_receivers] = {tuple(graph.mask.shape)}, got {tuple(swap.shape)}")
+    stacked = swap.ndim == 3
+    if swap.shape[-2:] != graph.mask.shape or swap.ndim not in (2, 3):
+        raise ArgumentError(
+            f"swap must be [n_upstream, n_receivers] = {tuple(graph.mask.shape)} or a stack [n_sets, ...] of them, got {tuple(swap.shape)}"
+        )
+    if stacked:  # one row of weights per prompt row: [rows, n_upstream, n_receivers]
+        swap = swap.repeat_interleave(other.shape[0], dim=0)
+        other = other.repeat(swap.shape[0] // other.shape[0], 1, 1, 1)
     current: dict[int, Tensor] = {}  # upstream index -> this run's output
     n_heads = model.cfg.n_heads
 
@@ -438,20 +448,27 @@ def edges_swapped(model: Any, other: Float[Tensor, "batch pos upstream d_model"]
         if len(embed_parts) == 2:
             current[0] = embed_parts["hook_embed"] + embed_parts["hook_pos_embed"]
 
-    def delta(columns: Tensor) -> Tensor:
-        """Σ_u swap[u, col] (other_u - current_u) for the given receiver columns: [batch, pos, cols, d]."""
-        total = 0
+    def delta(first: int, width: int) -> Union[int, Tensor]:
+        """Σ_u swap[u, col] (other_u - current_u) for receiver columns first .. first + width:
+        [batch, pos, width, d_model] (0 when nothing is swapped there)."""
+        total: Union[int, Tensor] = 0
         for u, act in current.items():
-            weights = columns[u]
+            weights = swap[..., u, first : first + width]  # [width] or [rows, width]
             if bool((weights != 0).any()):
-                total = total + weights[None, None, :, None] * (other[:, :, u] - act)[:, :, None, :]
+                w = weights[None, None, :, None] if not stacked else weights[:, None, :, None]
+                total = total + w * (other[:, :, u] - act)[:, :, None, :]
         return total
 
     def make_receiver_hook(first: int, per_head: bool) -> Any:
         width = n_heads if per_head else 1
 
         def add_swapped(act: Tensor, hook: Any) -> Tensor:
-            change = delta(swap[:, first : first + width])
+            if stacked and act.shape[0] != other.shape[0]:
+                raise ArgumentError(
+                    f"with a stack of swap masks the forward pass must run the prompts repeated once per set "
+                    f"({other.shape[0]} rows), got {act.shape[0]} rows"
+                )
+            change = delta(first, width)
             if isinstance(change, int):
                 return act
             return act + (change if per_head else change[:, :, 0])
@@ -478,6 +495,20 @@ def edges_swapped(model: Any, other: Float[Tensor, "batch pos upstream d_model"]
 def _metric_with_swap(model, tokens, other, swap, metric, read) -> float:
     with torch.no_grad(), edges_swapped(model, other, swap):
         return float(metric(model(tokens, logit_positions=read)))
+
+
+def _metrics_with_swaps(model, tokens, other, swaps: Tensor, metric, read, max_rows: int = 256) -> Tensor:
+    """The metric for each mask of `swaps` `[n_sets, n_upstream, n_receivers]`, many sets per
+    forward pass (at most `max_rows` prompt rows)."""
+    batch = tokens.shape[0]
+    per_forward = max(1, max_rows // batch)
+    values = []
+    for start in range(0, swaps.shape[0], per_forward):
+        chunk = swaps[start : start + per_forward]
+        with torch.no_grad(), edges_swapped(model, other, chunk):
+            logits = model(tokens.repeat(chunk.shape[0], 1), logit_positions=read)
+        values += [float(metric(logits[s * batch : (s + 1) * batch])) for s in range(chunk.shape[0])]
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def faithfulness(
@@ -539,9 +570,8 @@ def edge_patching(
     clean_out = _upstream_outputs(model, clean_tokens)
     with torch.no_grad():
         corrupted_metric = float(metric(model(corrupted_tokens)[:, read]))
-    return torch.tensor([
-        _metric_with_swap(model, corrupted_tokens, clean_out, graph.edge_mask([edge]), metric, read) - corrupted_metric for edge in edges
-    ])
+    swaps = torch.stack([graph.edge_mask([edge]) for edge in edges]) if edges else torch.zeros(0, *graph.mask.shape)
+    return _metrics_with_swaps(model, corrupted_tokens, clean_out, swaps, metric, read) - corrupted_metric
 
 
 def path_patching(
@@ -553,7 +583,7 @@ def path_patching(
     receivers: Sequence[str],
     read_positions: Union[int, Sequence[int]] = -1,
 ) -> pd.DataFrame:
-    """Path patching (Wang et al. 2022), one sender at a time: the clean run, with each receiver's
+    """Path patching (Wang et al. 2022), batched over senders: for each sender, the clean run with each receiver's
     input given the sender's corrupted output in place of its clean one (direct paths only; every
     other node keeps its clean value; downstream of the receivers the model is rerun).
 
@@ -573,13 +603,14 @@ def path_patching(
     corrupted_out = _upstream_outputs(model, corrupted_tokens)
     with torch.no_grad():
         clean_metric = float(metric(model(clean_tokens)[:, read]))
-    rows = []
+    masks = []
     for s in senders:
         edges = [(s, r) for r in expanded if graph.mask[graph.upstream_index(s), graph.receiver_index(r)]]
         if not edges:
             raise ArgumentError(f"sender {s} has no edge into any of the receivers {list(receivers)} (it must come before them)")
-        value = _metric_with_swap(model, clean_tokens, corrupted_out, graph.edge_mask(edges), metric, read)
-        rows.append(dict(sender=s, metric=value, change=value - clean_metric))
+        masks.append(graph.edge_mask(edges))
+    values = _metrics_with_swaps(model, clean_tokens, corrupted_out, torch.stack(masks), metric, read)  # batched over senders
+    rows = [dict(sender=s, metric=float(v), change=float(v) - clean_metric) for s, v in zip(senders, values)]
     return pd.DataFrame(rows)
 
 

@@ -266,3 +266,24 @@ def test_a_frozen_model_gets_gradients_too(pair):
     torch.testing.assert_close(circuits.attribution_patch_residual(model, clean, corrupted, metric).values, residual)
     torch.testing.assert_close(circuits.edge_attribution(model, clean, corrupted, metric).scores, edges)
     assert no_hooks(model)
+
+
+def test_stacked_swap_masks_equal_one_forward_per_mask(model64, pair):
+    """edges_swapped with a stack of masks (what edge_patching and path_patching batch with)
+    gives each set's metric as its own forward pass would."""
+    clean, corrupted = pair
+    graph = circuits.Graph(model64)
+    clean_out = circuits._upstream_outputs(model64, clean)
+    g = torch.Generator().manual_seed(5)
+    masks = (torch.rand(7, *graph.mask.shape, generator=g) < 0.3).double() * graph.mask
+    masks[0] = 0.0
+    alone = [circuits._metric_with_swap(model64, corrupted, clean_out, m, metric, [2, 5]) for m in masks]
+    batched = circuits._metrics_with_swaps(model64, corrupted, clean_out, masks, metric, [2, 5], max_rows=6)  # 3 sets per forward
+    assert batched.tolist() == pytest.approx(alone, rel=1e-9, abs=1e-12)
+    edges = [("embed", "logits"), ("L0H1", "L1H0.k"), ("mlp0", "mlp1")]
+    one_by_one = [float(circuits.edge_patching(model64, clean, corrupted, metric, [e])[0]) for e in edges]
+    assert circuits.edge_patching(model64, clean, corrupted, metric, edges).tolist() == pytest.approx(one_by_one, rel=1e-9, abs=1e-12)
+    with pytest.raises(ArgumentError, match="repeated once per set"):
+        with torch.no_grad(), circuits.edges_swapped(model64, clean_out, masks[:2]):
+            model64(corrupted)
+    assert no_hooks(model64)
