@@ -35,6 +35,16 @@ of the clean - corrupted difference: 1 means the circuit alone carries the behav
 **Path patching** (Wang et al. 2022): the effect of senders on receivers through the direct
 paths only: the receivers' inputs get the senders' corrupted outputs in place of their clean
 ones, every other node keeps its clean value (downstream of the receivers, the model is rerun).
+Path patching and `edge_patching` (the true single-edge effects EAP estimates) run many edge
+sets per forward pass (`edges_swapped` with a stack of masks).
+
+**AtP\*** (Kramár et al. 2024): `attribution_patch_heads(..., qk_fix=True)` recomputes the
+attention softmax exactly for query/key patches (where plain AtP fails worst: a saturated
+softmax has a near-zero gradient), `grad_drop=True` ranks nodes by the mean magnitude of
+estimates with each layer's gradient dropped in turn (against cancellation between paths).
+
+`induction_task(model)` gives the standard clean/corrupted pair, metric and read positions
+(repeated random tokens), as used in notebook 05 and the tests.
 
 The metric receives the logits at `read_positions`, `[batch, n_read, d_vocab]` (see
 `analyses.metrics`), and must be differentiable for the attribution methods.
