@@ -38,7 +38,7 @@ ones, every other node keeps its clean value (downstream of the receivers, the m
 Path patching and `edge_patching` (the true single-edge effects EAP estimates) run many edge
 sets per forward pass (`edges_swapped` with a stack of masks).
 
-**AtP\*** (Kramár et al. 2024): `attribution_patch_heads(..., qk_fix=True)` recomputes the
+**AtP*** (Kramár et al. 2024): `attribution_patch_heads(..., qk_fix=True)` recomputes the
 attention softmax exactly for query/key patches (where plain AtP fails worst: a saturated
 softmax has a near-zero gradient), `grad_drop=True` ranks nodes by the mean magnitude of
 estimates with each layer's gradient dropped in turn (against cancellation between paths).
@@ -780,9 +780,10 @@ def attribution_patch_heads(
         for l in layers:
             name = f"blocks.{l}.attn.hook_{activation}"
             if qk_fix:
-                a = lambda n: runs.corrupted[f"blocks.{l}.attn.hook_{n}"]  # noqa: E731
-                c = lambda n: runs.clean[f"blocks.{l}.attn.hook_{n}"]  # noqa: E731
-                per_layer.append(_qk_fixed_effect(activation, a("q"), a("k"), c("q"), c("k"), grads[f"blocks.{l}.attn.hook_pattern"], by_position))
+                hook = f"blocks.{l}.attn.hook_"
+                q, k = runs.corrupted[hook + "q"], runs.corrupted[hook + "k"]
+                q_clean, k_clean = runs.clean[hook + "q"], runs.clean[hook + "k"]
+                per_layer.append(_qk_fixed_effect(activation, q, k, q_clean, k_clean, grads[hook + "pattern"], by_position))
                 continue
             p = (runs.clean[name] - runs.corrupted[name]) * grads[name]
             # [batch, head, query, key] (pattern) or [batch, pos, head, d_head] -> [pos, head]

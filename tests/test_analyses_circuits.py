@@ -4,9 +4,9 @@ fractional patch, hook hygiene and bad inputs."""
 
 import pytest
 import torch
+from helpers import no_hooks, perturbed_model
 
 from analyses import circuits
-from helpers import no_hooks, perturbed_model
 from hookgpt import interventions as iv
 from hookgpt.errors import ArgumentError, UnknownNameError
 

@@ -3,10 +3,10 @@ head A writes a flag that head B reads through its key; everything else is weak.
 
 import pytest
 import torch
-
-from analyses import circuits
 from helpers import no_hooks
 from planted_circuit import A, B, metric, planted_model, planted_prompts
+
+from analyses import circuits
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ corrupted = the first copy replaced by other random tokens)."""
 import numpy as np
 import pytest
 import torch
+from helpers import no_hooks
 
 from analyses import circuits, patching
-from helpers import no_hooks
 from hookgpt import HookedGPT
 
 INDUCTION_HEADS = (0, 1, 2)  # the card's induction heads in layer 1 (scores >= 0.5)
@@ -135,7 +135,7 @@ def test_grad_drop_is_the_mean_magnitude_over_dropped_layers(setup):
 
 
 def test_atp_star_options_reject_what_they_do_not_apply_to(setup):
-    model, clean, corrupted, metric, read = setup
+    model, clean, corrupted, metric, _ = setup
     with pytest.raises(ValueError, match="qk_fix applies to activation='q' or 'k'"):
         circuits.attribution_patch_heads(model, clean, corrupted, metric, activation="z", qk_fix=True)
     one_layer = HookedGPT(model.cfg.replace(n_layers=1))
