@@ -182,14 +182,17 @@ class Graph:
 # ------------------------------------------------------------------ upstream outputs and receiver inputs
 
 
-def _upstream_outputs(model: Any, tokens: Tensor) -> Float[Tensor, "batch pos upstream d_model"]:
-    """Every upstream node's output for `tokens`, stacked in graph order."""
+def _upstream_run(
+    model: Any, tokens: Tensor, read: Sequence[int]
+) -> tuple[Float[Tensor, "batch pos upstream d_model"], Float[Tensor, "batch read_pos d_vocab"]]:
+    """Every upstream node's output for `tokens`, stacked in graph order, and the logits at
+    `read` (from the same forward pass)."""
     graph = Graph(model)
     names = ["hook_embed", "hook_pos_embed"] + [
         f"blocks.{l}.{n}" for l in range(model.cfg.n_layers) for n in ("attn.hook_result", "hook_mlp_out") if not (model.cfg.attn_only and n == "hook_mlp_out")
     ]
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=names, return_type=None)
+        logits, cache = model.run_with_cache(tokens, names_filter=names, logit_positions=list(read))
     parts = [(cache["hook_embed"] + cache["hook_pos_embed"])[:, :, None]]
     for layer in range(model.cfg.n_layers):
         parts.append(cache[f"blocks.{layer}.attn.hook_result"])
@@ -197,7 +200,12 @@ def _upstream_outputs(model: Any, tokens: Tensor) -> Float[Tensor, "batch pos up
             parts.append(cache[f"blocks.{layer}.hook_mlp_out"][:, :, None])
     out = torch.cat(parts, dim=2)
     assert out.shape[2] == len(graph.upstream)
-    return out
+    return out, logits
+
+
+def _upstream_outputs(model: Any, tokens: Tensor) -> Float[Tensor, "batch pos upstream d_model"]:
+    """Every upstream node's output for `tokens`, stacked in graph order."""
+    return _upstream_run(model, tokens, [tokens.shape[1] - 1])[0]
 
 
 def _receiver_hooks(model: Any) -> list[tuple[str, Optional[str]]]:
@@ -389,8 +397,10 @@ def edge_attribution(
         raise ArgumentError(f"steps must be a positive int, got {steps!r}")
     clean_tokens, corrupted_tokens, read = _pair(model, clean, corrupted, read_positions)
     graph = Graph(model)
-    clean_out = _upstream_outputs(model, clean_tokens)
-    corrupted_out = _upstream_outputs(model, corrupted_tokens)
+    clean_out, clean_logits = _upstream_run(model, clean_tokens, read)
+    corrupted_out, corrupted_logits = _upstream_run(model, corrupted_tokens, read)
+    with torch.no_grad():
+        clean_metric, corrupted_metric = float(metric(clean_logits)), float(metric(corrupted_logits))
     if method == "EAP":
         grads = _receiver_gradients(model, corrupted_tokens, metric, read)
     else:
@@ -400,9 +410,6 @@ def edge_attribution(
         grads = _receiver_gradients(model, corrupted_tokens, metric, read, embeddings=embeddings)
     diff = clean_out - corrupted_out  # [batch, pos, upstream, d_model]
     scores = torch.einsum("bpud,bprd->ur", diff.double(), grads.double()).float().cpu() * graph.mask
-    with torch.no_grad():
-        clean_metric = float(metric(model(clean_tokens)[:, read]))
-        corrupted_metric = float(metric(model(corrupted_tokens)[:, read]))
     return EdgeScores(graph, scores, method, clean_metric, corrupted_metric)
 
 
@@ -536,10 +543,10 @@ def faithfulness(
     mask = (circuit.mask if isinstance(circuit, Circuit) else circuit).detach().cpu().float()
     if mask.shape != graph.mask.shape:
         raise ArgumentError(f"circuit must be a Circuit or a [n_upstream, n_receivers] = {tuple(graph.mask.shape)} mask, got {tuple(mask.shape)}")
-    corrupted_out = _upstream_outputs(model, corrupted_tokens)
+    corrupted_out, corrupted_logits = _upstream_run(model, corrupted_tokens, read)
     with torch.no_grad():
-        clean_metric = float(metric(model(clean_tokens)[:, read]))
-        corrupted_metric = float(metric(model(corrupted_tokens)[:, read]))
+        clean_metric = float(metric(model(clean_tokens, logit_positions=read)))
+        corrupted_metric = float(metric(corrupted_logits))
     if clean_metric == corrupted_metric:
         raise ArgumentError(f"the clean and corrupted runs give the same metric ({clean_metric}): there is no difference for a circuit to recover")
     outside = graph.mask.float() * (1.0 - mask)
