@@ -8,6 +8,8 @@
   your own template), `top_heads`.
 - `ablation`: zero / mean / resample ablation of heads, MLPs, neurons, residual positions.
 - `patching`: activation patching sweeps, batched (`method="fast"`) or one run per patch.
+- `circuits`: circuit discovery: attribution patching (AtP, AtP*), edge attribution (EAP,
+  EAP-IG), path patching, edge patching, faithfulness of a circuit, and its view.
 - `steering`: a direction from contrastive prompts, added at a site: metric, probabilities, text.
 - `metrics`: the metric contract they share, and `logit_diff` / `logit_diff_metric`.
 
@@ -28,7 +30,7 @@ Submodules are imported on first use, so `import analyses.render` does not load 
 import importlib
 from typing import Any
 
-__all__ = ["ablation", "attribution", "collect", "fourier", "heads", "logit_lens", "metrics", "patching", "plotting", "sae", "steering"]
+__all__ = ["ablation", "attribution", "circuits", "collect", "fourier", "heads", "logit_lens", "metrics", "patching", "plotting", "sae", "steering"]
 
 
 def __getattr__(name: str) -> Any:

@@ -35,12 +35,23 @@ of the clean - corrupted difference: 1 means the circuit alone carries the behav
 **Path patching** (Wang et al. 2022): the effect of senders on receivers through the direct
 paths only: the receivers' inputs get the senders' corrupted outputs in place of their clean
 ones, every other node keeps its clean value (downstream of the receivers, the model is rerun).
+Path patching and `edge_patching` (the true single-edge effects EAP estimates) run many edge
+sets per forward pass (`edges_swapped` with a stack of masks).
+
+**AtP*** (Kramár et al. 2024): `attribution_patch_heads(..., qk_fix=True)` recomputes the
+attention softmax exactly for query/key patches (where plain AtP fails worst: a saturated
+softmax has a near-zero gradient), `grad_drop=True` ranks nodes by the mean magnitude of
+estimates with each layer's gradient dropped in turn (against cancellation between paths).
+
+`induction_task(model)` gives the standard clean/corrupted pair, metric and read positions
+(repeated random tokens), as used in notebook 05 and the tests.
 
 The metric receives the logits at `read_positions`, `[batch, n_read, d_vocab]` (see
 `analyses.metrics`), and must be differentiable for the attribution methods.
 """
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Optional, Sequence, Union
 
@@ -53,8 +64,38 @@ from torch import Tensor
 from analyses._common import TokensLike, as_tokens, head_list, layer_list, position_list
 from analyses.metrics import Metric
 from analyses.patching import PatchingResult, _position_labels
+from hookgpt.errors import ArgumentError, UnknownNameError
 
 Port = Optional[Literal["q", "k", "v"]]
+
+# ------------------------------------------------------------------ a standard task: induction
+
+
+def induction_task(
+    model: Any, seq_len: int = 20, batch: int = 8, seed: int = 0
+) -> tuple[Tensor, Tensor, Metric, list[int]]:
+    """The induction task of the circuit papers, ready for every function here: `(clean,
+    corrupted, metric, read_positions)`.
+
+    `clean` is `analyses.heads.repeated_random_tokens` (BOS, `seq_len` random tokens, the same
+    again); `corrupted` has the first copy replaced by other random tokens (the second copy is
+    kept, so only the repetition is gone). The metric is the mean log-prob of the correct next
+    token over the second copy, read at `read_positions` (every position of the second copy but
+    its last, whose next token is unknown)."""
+    from analyses.heads import repeated_random_tokens
+
+    clean = repeated_random_tokens(model, seq_len=seq_len, batch=batch, seed=seed)
+    other = repeated_random_tokens(model, seq_len=seq_len, batch=batch, seed=seed + 1)
+    corrupted = clean.clone()
+    corrupted[:, 1 : seq_len + 1] = other[:, 1 : seq_len + 1]
+    read = list(range(seq_len + 1, 2 * seq_len))
+    labels = clean[:, [p + 1 for p in read]]
+
+    def second_copy_log_prob(logits: Float[Tensor, "batch read_pos d_vocab"]) -> Float[Tensor, ""]:
+        return logits.log_softmax(-1).gather(-1, labels[..., None].to(logits.device)).mean()
+
+    return clean, corrupted, second_copy_log_prob, read
+
 
 # ------------------------------------------------------------------ the graph
 
@@ -95,7 +136,7 @@ class Graph:
     def __init__(self, model: Any):
         cfg = model.cfg
         if cfg.n_layers < 1:
-            raise ValueError("a circuit needs at least one layer")
+            raise ArgumentError("a circuit needs at least one layer")
         self.n_layers, self.n_heads, self.attn_only = cfg.n_layers, cfg.n_heads, cfg.attn_only
         self.upstream: list[Node] = [Node("embed", -1)]
         self.receivers: list[Receiver] = []
@@ -119,12 +160,12 @@ class Graph:
 
     def upstream_index(self, name: str) -> int:
         if name not in self._up_index:
-            raise KeyError(f"no upstream node {name!r}; nodes are embed, L<layer>H<head>, mlp<layer>")
+            raise UnknownNameError(f"no upstream node {name!r}; nodes are embed, L<layer>H<head>, mlp<layer>")
         return self._up_index[name]
 
     def receiver_index(self, name: str) -> int:
         if name not in self._recv_index:
-            raise KeyError(f"no receiver {name!r}; receivers are L<layer>H<head>.q/.k/.v, mlp<layer>, logits")
+            raise UnknownNameError(f"no receiver {name!r}; receivers are L<layer>H<head>.q/.k/.v, mlp<layer>, logits")
         return self._recv_index[name]
 
     def edge_mask(self, edges: Sequence[tuple[str, str]]) -> Tensor:
@@ -133,7 +174,7 @@ class Graph:
         for u, r in edges:
             i, j = self.upstream_index(u), self.receiver_index(r)
             if not self.mask[i, j]:
-                raise ValueError(f"there is no edge {u} -> {r}: {u} does not come before {r}")
+                raise ArgumentError(f"there is no edge {u} -> {r}: {u} does not come before {r}")
             mask[i, j] = 1.0
         return mask
 
@@ -141,14 +182,17 @@ class Graph:
 # ------------------------------------------------------------------ upstream outputs and receiver inputs
 
 
-def _upstream_outputs(model: Any, tokens: Tensor) -> Float[Tensor, "batch pos upstream d_model"]:
-    """Every upstream node's output for `tokens`, stacked in graph order."""
+def _upstream_run(
+    model: Any, tokens: Tensor, read: Sequence[int]
+) -> tuple[Float[Tensor, "batch pos upstream d_model"], Float[Tensor, "batch read_pos d_vocab"]]:
+    """Every upstream node's output for `tokens`, stacked in graph order, and the logits at
+    `read` (from the same forward pass)."""
     graph = Graph(model)
     names = ["hook_embed", "hook_pos_embed"] + [
         f"blocks.{l}.{n}" for l in range(model.cfg.n_layers) for n in ("attn.hook_result", "hook_mlp_out") if not (model.cfg.attn_only and n == "hook_mlp_out")
     ]
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=names, return_type=None)
+        logits, cache = model.run_with_cache(tokens, names_filter=names, logit_positions=list(read))
     parts = [(cache["hook_embed"] + cache["hook_pos_embed"])[:, :, None]]
     for layer in range(model.cfg.n_layers):
         parts.append(cache[f"blocks.{layer}.attn.hook_result"])
@@ -156,7 +200,12 @@ def _upstream_outputs(model: Any, tokens: Tensor) -> Float[Tensor, "batch pos up
             parts.append(cache[f"blocks.{layer}.hook_mlp_out"][:, :, None])
     out = torch.cat(parts, dim=2)
     assert out.shape[2] == len(graph.upstream)
-    return out
+    return out, logits
+
+
+def _upstream_outputs(model: Any, tokens: Tensor) -> Float[Tensor, "batch pos upstream d_model"]:
+    """Every upstream node's output for `tokens`, stacked in graph order."""
+    return _upstream_run(model, tokens, [tokens.shape[1] - 1])[0]
 
 
 def _receiver_hooks(model: Any) -> list[tuple[str, Optional[str]]]:
@@ -182,6 +231,12 @@ def _stack_receiver_grads(model: Any, grads: dict[str, Tensor]) -> Float[Tensor,
     return torch.cat(parts, dim=2)
 
 
+def _requiring_grad(x: Tensor, hook: Any) -> Tensor:
+    """A `hook_embed` hook: a model whose weights do not require gradients (frozen, as for
+    analysis) still gets them at every activation downstream."""
+    return x if x.requires_grad else x.detach().requires_grad_()
+
+
 def _receiver_gradients(
     model: Any, tokens: Tensor, metric: Metric, read: list[int], embeddings: Optional[Tensor] = None
 ) -> Float[Tensor, "batch pos receiver d_model"]:
@@ -200,8 +255,7 @@ def _receiver_gradients(
         flat = embeddings.reshape(steps * batch, *embeddings.shape[2:])
         fwd = [("hook_embed", lambda x, hook: flat.to(x.dtype)), ("hook_pos_embed", lambda x, hook: torch.zeros_like(x))]
         tokens = tokens.repeat(steps, 1)
-    # a model whose weights do not require gradients still gets them at the receivers
-    fwd.append(("hook_embed", lambda x, hook: x if x.requires_grad else x.detach().requires_grad_()))
+    fwd.append(("hook_embed", _requiring_grad))
     with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd), torch.enable_grad():
         logits = model(tokens, logit_positions=read)
         total = sum(metric(logits[s * batch : (s + 1) * batch]) for s in range(steps))
@@ -235,7 +289,7 @@ class EdgeScores:
         """The top-`n` edges by |score| (or those with |score| >= `threshold`), pruned to the
         edges on a path from the embeddings to the logits."""
         if (n is None) == (threshold is None):
-            raise ValueError("give exactly one of n (top-n edges) or threshold (|score| >= threshold)")
+            raise ArgumentError("give exactly one of n (top-n edges) or threshold (|score| >= threshold)")
         if n is not None:
             edges = [(u, r) for u, r, _ in self.top(n)]
         else:
@@ -338,32 +392,31 @@ def edge_attribution(
     """Score every edge of the graph: EAP (one backward on the corrupted run) or EAP-IG (the
     gradient averaged over `steps` embeddings interpolated from corrupted to clean)."""
     if method not in ("EAP", "EAP-IG"):
-        raise ValueError(f"method must be 'EAP' or 'EAP-IG', got {method!r}")
+        raise ArgumentError(f"method must be 'EAP' or 'EAP-IG', got {method!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+        raise ArgumentError(f"steps must be a positive int, got {steps!r}")
     clean_tokens, corrupted_tokens, read = _pair(model, clean, corrupted, read_positions)
     graph = Graph(model)
-    clean_out = _upstream_outputs(model, clean_tokens)
-    corrupted_out = _upstream_outputs(model, corrupted_tokens)
+    clean_out, clean_logits = _upstream_run(model, clean_tokens, read)
+    corrupted_out, corrupted_logits = _upstream_run(model, corrupted_tokens, read)
+    with torch.no_grad():
+        clean_metric, corrupted_metric = float(metric(clean_logits)), float(metric(corrupted_logits))
     if method == "EAP":
         grads = _receiver_gradients(model, corrupted_tokens, metric, read)
     else:
-        alphas = (torch.arange(steps, dtype=clean_out.dtype) + 1) / steps  # 1/steps .. 1 (Hanna et al.)
+        alphas = (torch.arange(steps, dtype=clean_out.dtype, device=clean_out.device) + 1) / steps  # 1/steps .. 1 (Hanna et al.)
         clean_embed, corrupted_embed = clean_out[:, :, 0], corrupted_out[:, :, 0]
         embeddings = corrupted_embed + alphas[:, None, None, None] * (clean_embed - corrupted_embed)
         grads = _receiver_gradients(model, corrupted_tokens, metric, read, embeddings=embeddings)
     diff = clean_out - corrupted_out  # [batch, pos, upstream, d_model]
-    scores = torch.einsum("bpud,bprd->ur", diff.double(), grads.double()).float() * graph.mask
-    with torch.no_grad():
-        clean_metric = float(metric(model(clean_tokens)[:, read]))
-        corrupted_metric = float(metric(model(corrupted_tokens)[:, read]))
+    scores = torch.einsum("bpud,bprd->ur", diff.double(), grads.double()).float().cpu() * graph.mask
     return EdgeScores(graph, scores, method, clean_metric, corrupted_metric)
 
 
 def _pair(model: Any, clean: TokensLike, corrupted: TokensLike, read_positions: Any) -> tuple[Tensor, Tensor, list[int]]:
     clean_tokens, corrupted_tokens = as_tokens(model, clean), as_tokens(model, corrupted)
     if clean_tokens.shape != corrupted_tokens.shape:
-        raise ValueError(f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} inputs must have the same shape")
+        raise ArgumentError(f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} inputs must have the same shape")
     return clean_tokens, corrupted_tokens, position_list(read_positions, clean_tokens.shape[1], "read_positions")
 
 
@@ -375,11 +428,21 @@ def edges_swapped(model: Any, other: Float[Tensor, "batch pos upstream d_model"]
     """While active, a forward pass on some tokens runs with the edges of `swap` (a `[n_upstream,
     n_receivers]` mask; fractions allowed) taking their value from `other` (the upstream outputs
     of another run, from `_upstream_outputs`): each receiver's input gets
-    `swap[u, r] * (other_u - current_u)` added for every upstream node `u`."""
+    `swap[u, r] * (other_u - current_u)` added for every upstream node `u`.
+
+    `swap` may also be a stack `[n_sets, n_upstream, n_receivers]`: the forward pass then takes
+    the prompts repeated `n_sets` times (set-major, `tokens.repeat(n_sets, 1)`), and the rows of
+    set `s` get mask `swap[s]`: many edge sets in one forward pass."""
     graph = Graph(model)
-    swap = swap.to(other.dtype)
-    if swap.shape != graph.mask.shape:
-        raise ValueError(f"swap must be [n_upstream, n_receivers] = {tuple(graph.mask.shape)}, got {tuple(swap.shape)}")
+    swap = swap.to(device=other.device, dtype=other.dtype)
+    stacked = swap.ndim == 3
+    if swap.shape[-2:] != graph.mask.shape or swap.ndim not in (2, 3):
+        raise ArgumentError(
+            f"swap must be [n_upstream, n_receivers] = {tuple(graph.mask.shape)} or a stack [n_sets, ...] of them, got {tuple(swap.shape)}"
+        )
+    if stacked:  # one row of weights per prompt row: [rows, n_upstream, n_receivers]
+        swap = swap.repeat_interleave(other.shape[0], dim=0)
+        other = other.repeat(swap.shape[0] // other.shape[0], 1, 1, 1)
     current: dict[int, Tensor] = {}  # upstream index -> this run's output
     n_heads = model.cfg.n_heads
 
@@ -402,20 +465,27 @@ def edges_swapped(model: Any, other: Float[Tensor, "batch pos upstream d_model"]
         if len(embed_parts) == 2:
             current[0] = embed_parts["hook_embed"] + embed_parts["hook_pos_embed"]
 
-    def delta(columns: Tensor) -> Tensor:
-        """Σ_u swap[u, col] (other_u - current_u) for the given receiver columns: [batch, pos, cols, d]."""
-        total = 0
+    def delta(first: int, width: int) -> Union[int, Tensor]:
+        """Σ_u swap[u, col] (other_u - current_u) for receiver columns first .. first + width:
+        [batch, pos, width, d_model] (0 when nothing is swapped there)."""
+        total: Union[int, Tensor] = 0
         for u, act in current.items():
-            weights = columns[u]
+            weights = swap[..., u, first : first + width]  # [width] or [rows, width]
             if bool((weights != 0).any()):
-                total = total + weights[None, None, :, None] * (other[:, :, u] - act)[:, :, None, :]
+                w = weights[None, None, :, None] if not stacked else weights[:, None, :, None]
+                total = total + w * (other[:, :, u] - act)[:, :, None, :]
         return total
 
     def make_receiver_hook(first: int, per_head: bool) -> Any:
         width = n_heads if per_head else 1
 
         def add_swapped(act: Tensor, hook: Any) -> Tensor:
-            change = delta(swap[:, first : first + width])
+            if stacked and act.shape[0] != other.shape[0]:
+                raise ArgumentError(
+                    f"with a stack of swap masks the forward pass must run the prompts repeated once per set "
+                    f"({other.shape[0]} rows), got {act.shape[0]} rows"
+                )
+            change = delta(first, width)
             if isinstance(change, int):
                 return act
             return act + (change if per_head else change[:, :, 0])
@@ -444,6 +514,20 @@ def _metric_with_swap(model, tokens, other, swap, metric, read) -> float:
         return float(metric(model(tokens, logit_positions=read)))
 
 
+def _metrics_with_swaps(model, tokens, other, swaps: Tensor, metric, read, max_rows: int = 256) -> Tensor:
+    """The metric for each mask of `swaps` `[n_sets, n_upstream, n_receivers]`, many sets per
+    forward pass (at most `max_rows` prompt rows)."""
+    batch = tokens.shape[0]
+    per_forward = max(1, max_rows // batch)
+    values = []
+    for start in range(0, swaps.shape[0], per_forward):
+        chunk = swaps[start : start + per_forward]
+        with torch.no_grad(), edges_swapped(model, other, chunk):
+            logits = model(tokens.repeat(chunk.shape[0], 1), logit_positions=read)
+        values += [float(metric(logits[s * batch : (s + 1) * batch])) for s in range(chunk.shape[0])]
+    return torch.tensor(values, dtype=torch.float64)
+
+
 def faithfulness(
     model: Any,
     clean: TokensLike,
@@ -456,11 +540,15 @@ def faithfulness(
     `circuit` is patched to its corrupted value (1: the circuit does it all; 0: nothing)."""
     clean_tokens, corrupted_tokens, read = _pair(model, clean, corrupted, read_positions)
     graph = Graph(model)
-    mask = circuit.mask if isinstance(circuit, Circuit) else circuit
-    corrupted_out = _upstream_outputs(model, corrupted_tokens)
+    mask = (circuit.mask if isinstance(circuit, Circuit) else circuit).detach().cpu().float()
+    if mask.shape != graph.mask.shape:
+        raise ArgumentError(f"circuit must be a Circuit or a [n_upstream, n_receivers] = {tuple(graph.mask.shape)} mask, got {tuple(mask.shape)}")
+    corrupted_out, corrupted_logits = _upstream_run(model, corrupted_tokens, read)
     with torch.no_grad():
-        clean_metric = float(metric(model(clean_tokens)[:, read]))
-        corrupted_metric = float(metric(model(corrupted_tokens)[:, read]))
+        clean_metric = float(metric(model(clean_tokens, logit_positions=read)))
+        corrupted_metric = float(metric(corrupted_logits))
+    if clean_metric == corrupted_metric:
+        raise ArgumentError(f"the clean and corrupted runs give the same metric ({clean_metric}): there is no difference for a circuit to recover")
     outside = graph.mask.float() * (1.0 - mask)
     value = _metric_with_swap(model, clean_tokens, corrupted_out, outside, metric, read)
     return (value - corrupted_metric) / (clean_metric - corrupted_metric)
@@ -499,9 +587,8 @@ def edge_patching(
     clean_out = _upstream_outputs(model, clean_tokens)
     with torch.no_grad():
         corrupted_metric = float(metric(model(corrupted_tokens)[:, read]))
-    return torch.tensor([
-        _metric_with_swap(model, corrupted_tokens, clean_out, graph.edge_mask([edge]), metric, read) - corrupted_metric for edge in edges
-    ])
+    swaps = torch.stack([graph.edge_mask([edge]) for edge in edges]) if edges else torch.zeros(0, *graph.mask.shape)
+    return _metrics_with_swaps(model, corrupted_tokens, clean_out, swaps, metric, read) - corrupted_metric
 
 
 def path_patching(
@@ -513,7 +600,7 @@ def path_patching(
     receivers: Sequence[str],
     read_positions: Union[int, Sequence[int]] = -1,
 ) -> pd.DataFrame:
-    """Path patching (Wang et al. 2022), one sender at a time: the clean run, with each receiver's
+    """Path patching (Wang et al. 2022), batched over senders: for each sender, the clean run with each receiver's
     input given the sender's corrupted output in place of its clean one (direct paths only; every
     other node keeps its clean value; downstream of the receivers the model is rerun).
 
@@ -533,17 +620,81 @@ def path_patching(
     corrupted_out = _upstream_outputs(model, corrupted_tokens)
     with torch.no_grad():
         clean_metric = float(metric(model(clean_tokens)[:, read]))
-    rows = []
+    masks = []
     for s in senders:
         edges = [(s, r) for r in expanded if graph.mask[graph.upstream_index(s), graph.receiver_index(r)]]
         if not edges:
-            raise ValueError(f"sender {s} has no edge into any of the receivers {list(receivers)} (it must come before them)")
-        value = _metric_with_swap(model, clean_tokens, corrupted_out, graph.edge_mask(edges), metric, read)
-        rows.append(dict(sender=s, metric=value, change=value - clean_metric))
+            raise ArgumentError(f"sender {s} has no edge into any of the receivers {list(receivers)} (it must come before them)")
+        masks.append(graph.edge_mask(edges))
+    values = _metrics_with_swaps(model, clean_tokens, corrupted_out, torch.stack(masks), metric, read)  # batched over senders
+    rows = [dict(sender=s, metric=float(v), change=float(v) - clean_metric) for s, v in zip(senders, values)]
     return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------ attribution patching (nodes)
+
+
+@dataclass
+class _Runs:
+    """What attribution patching needs: the clean activations, the corrupted ones, and the
+    gradient of the metric on the corrupted run (one per GradDrop layer with `grad_drop`)."""
+
+    clean: dict[str, Tensor]
+    corrupted: dict[str, Tensor]
+    grads: list[dict[str, Tensor]]
+    clean_metric: float
+    corrupted_metric: float
+
+
+def _attribution_runs(
+    model: Any, clean: Tensor, corrupted: Tensor, metric: Metric, names: list[str], read: list[int], grad_drop: bool = False
+) -> _Runs:
+    """One clean forward, then on the corrupted run one backward (or, with `grad_drop`, one per
+    layer, each with the gradient through that layer's residual-stream contributions,
+    `hook_attn_out` and `hook_mlp_out`, set to zero)."""
+    from hookgpt.hooks import observe
+
+    with torch.no_grad():
+        clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names)
+    clean_acts = {n: clean_cache[n] for n in names}
+    acts: dict[str, Tensor] = {}
+
+    def save_act(act: Tensor, hook: Any) -> None:
+        acts[hook.name] = act.detach()
+
+    def drop(grad: Tensor, hook: Any) -> Tensor:
+        return torch.zeros_like(grad)
+
+    dropped: list[Optional[int]] = list(range(model.cfg.n_layers)) if grad_drop else [None]
+    all_grads, value = [], None
+    for layer in dropped:
+        grads: dict[str, Tensor] = {}
+
+        def save_grad(grad: Tensor, hook: Any) -> None:
+            grads[hook.name] = grad.detach()
+
+        bwd = [(n, save_grad) for n in names]
+        if layer is not None:
+            bwd += [(f"blocks.{layer}.hook_attn_out", drop)]
+            if not model.cfg.attn_only:
+                bwd += [(f"blocks.{layer}.hook_mlp_out", drop)]
+        fwd = [(n, observe(save_act)) for n in names] + [("hook_embed", _requiring_grad)]
+        with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd), torch.enable_grad():
+            logits = model(corrupted)
+            value = metric(logits[:, read])
+            value.backward()
+        for n in names:  # an activation the (dropped) gradient never reaches has gradient zero
+            grads.setdefault(n, torch.zeros_like(acts[n]))
+        all_grads.append(grads)
+    return _Runs(clean_acts, acts, all_grads, float(metric(clean_logits[:, read])), float(value.detach()))
+
+
+def _combine(estimates: list[Tensor], grad_drop: bool, n_layers: int) -> Tensor:
+    """Plain AtP: the one estimate. GradDrop (Kramár et al. 2024): sum over the dropped layers of
+    |estimate|, divided by n_layers - 1 (a node's own layer always gives 0 there)."""
+    if not grad_drop:
+        return estimates[0]
+    return torch.stack([e.abs() for e in estimates]).sum(0) / (n_layers - 1)
 
 
 def _attribution(
@@ -551,24 +702,41 @@ def _attribution(
 ) -> tuple[dict[str, Tensor], float, float]:
     """Per hook name, `(clean - corrupted) * d metric / d activation` (elementwise, [batch, ...]),
     with the clean and corrupted metrics."""
-    with torch.no_grad():
-        clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names)
-    acts, grads = {}, {}
+    runs = _attribution_runs(model, clean, corrupted, metric, names, read)
+    products = {n: (runs.clean[n] - runs.corrupted[n]) * runs.grads[0][n] for n in names}
+    return products, runs.clean_metric, runs.corrupted_metric
 
-    def save_act(act: Tensor, hook: Any) -> None:
-        acts[hook.name] = act.detach()
 
-    def save_grad(grad: Tensor, hook: Any) -> None:
-        grads[hook.name] = grad.detach()
+def _scores(q: Tensor, k: Tensor) -> Tensor:
+    """Causal attention scores `[batch, head, query, key]` from q, k `[batch, pos, head, d_head]`."""
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    n = q.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    return scores.masked_fill(~causal, float("-inf"))
 
-    from hookgpt.hooks import observe
 
-    with model.hooks(fwd_hooks=[(n, observe(save_act)) for n in names], bwd_hooks=[(n, save_grad) for n in names]), torch.enable_grad():
-        logits = model(corrupted)
-        value = metric(logits[:, read])
-        value.backward()
-    products = {n: (clean_cache[n] - acts[n]) * grads[n] for n in names}
-    return products, float(metric(clean_logits[:, read])), float(value)
+def _qk_fixed_effect(
+    which: str, q: Tensor, k: Tensor, q_clean: Tensor, k_clean: Tensor, grad_pattern: Tensor, by_position: bool
+) -> Float[Tensor, "pos head"]:
+    """AtP*'s QK fix: the attention pattern after patching the query (or key) is recomputed
+    exactly (the softmax is where AtP's linearisation fails worst), and only the step from the
+    pattern to the metric is linearised: effect = sum (pattern' - pattern) * d metric / d pattern.
+    Returns `[pos, head]` (one position patched at a time) or `[head]` (every position)."""
+    scores = _scores(q, k)
+    pattern = scores.softmax(-1)
+    if which == "q":  # patching query i changes row i only, so all rows at once
+        new = _scores(q_clean, k).softmax(-1)
+        per_query = ((new - pattern) * grad_pattern).sum(dim=(0, 3)).T  # [query, head]
+        return per_query if by_position else per_query.sum(0)  # rows are independent
+    column = _scores(q, k_clean)  # the scores with every key clean
+    if not by_position:
+        return ((column.softmax(-1) - pattern) * grad_pattern).sum(dim=(0, 2, 3))
+    out = torch.zeros(q.shape[1], q.shape[2], dtype=q.dtype, device=q.device)
+    for p in range(q.shape[1]):  # patching key p changes column p of every query's row
+        changed = scores.clone()
+        changed[..., p] = column[..., p]
+        out[p] = ((changed.softmax(-1) - pattern) * grad_pattern).sum(dim=(0, 2, 3))
+    return out
 
 
 def attribution_patch_heads(
@@ -581,28 +749,60 @@ def attribution_patch_heads(
     heads: Optional[Sequence[int]] = None,
     by_position: bool = False,
     read_positions: Union[int, Sequence[int]] = -1,
+    qk_fix: bool = False,
+    grad_drop: bool = False,
 ) -> PatchingResult:
     """The attribution-patching estimate of `analyses.patching.patch_heads`, from one backward:
-    values `[layer, head]` (or `[layer, pos, head]`) = corrupted metric + estimated effect."""
+    values `[layer, head]` (or `[layer, pos, head]`) = corrupted metric + estimated effect.
+
+    AtP* (Kramár et al. 2024) corrections, off by default:
+
+    - `qk_fix=True` (for `activation="q"` or `"k"`): the attention softmax is recomputed exactly
+      for the patched queries or keys, and only the pattern -> metric step is linearised. Plain
+      AtP misses patches that move a saturated softmax (a head that attends sharply in one run
+      and diffusely in the other): its gradient there is near zero.
+    - `grad_drop=True`: one backward per layer `l`, with the gradient through layer `l`'s
+      contributions to the residual stream (`hook_attn_out`, `hook_mlp_out`) set to zero; the
+      estimate is `sum_l |estimate_l| / (n_layers - 1)`. A node whose effects along different
+      paths cancel in plain AtP (a false negative) keeps them here. The values are then
+      corrupted metric + an estimated **magnitude** (the sign is lost), for ranking nodes.
+      Needs at least 2 layers; costs n_layers backward passes.
+    """
     if activation not in ("z", "q", "k", "v", "pattern"):
-        raise ValueError(f"activation must be one of z, q, k, v, pattern, got {activation!r}")
+        raise ArgumentError(f"activation must be one of z, q, k, v, pattern, got {activation!r}")
+    if qk_fix and activation not in ("q", "k"):
+        raise ArgumentError(f"qk_fix applies to activation='q' or 'k' (the inputs of the attention softmax), not {activation!r}")
+    if grad_drop and model.cfg.n_layers < 2:
+        raise ArgumentError("grad_drop needs a model with at least 2 layers (it divides by n_layers - 1)")
     clean_tokens, corrupted_tokens, read = _pair(model, clean, corrupted, read_positions)
     layers, heads = layer_list(model, layers), head_list(model, heads)
     names = [f"blocks.{l}.attn.hook_{activation}" for l in layers]
-    products, clean_metric, corrupted_metric = _attribution(model, clean_tokens, corrupted_tokens, metric, names, read)
-    per_layer = []
-    for name in names:
-        p = products[name]
-        if activation == "pattern":  # [batch, head, query, key] -> [pos (query), head]
-            per_layer.append(p.sum(dim=(0, 3)).T)
-        else:  # [batch, pos, head, d_head] -> [pos, head]
-            per_layer.append(p.sum(dim=(0, 3)))
-    effect = torch.stack(per_layer)[:, :, heads]  # [layer, pos, head]
+    if qk_fix:
+        names = [f"blocks.{l}.attn.hook_{a}" for l in layers for a in ("q", "k", "pattern")]
+    runs = _attribution_runs(model, clean_tokens, corrupted_tokens, metric, names, read, grad_drop)
     seq_len = clean_tokens.shape[1]
+    estimates = []
+    for grads in runs.grads:
+        per_layer = []
+        for l in layers:
+            name = f"blocks.{l}.attn.hook_{activation}"
+            if qk_fix:
+                hook = f"blocks.{l}.attn.hook_"
+                q, k = runs.corrupted[hook + "q"], runs.corrupted[hook + "k"]
+                q_clean, k_clean = runs.clean[hook + "q"], runs.clean[hook + "k"]
+                per_layer.append(_qk_fixed_effect(activation, q, k, q_clean, k_clean, grads[hook + "pattern"], by_position))
+                continue
+            p = (runs.clean[name] - runs.corrupted[name]) * grads[name]
+            # [batch, head, query, key] (pattern) or [batch, pos, head, d_head] -> [pos, head]
+            per_pos = p.sum(dim=(0, 3)).T if activation == "pattern" else p.sum(dim=(0, 3))
+            per_layer.append(per_pos if by_position else per_pos.sum(0))
+        estimates.append(torch.stack(per_layer)[..., heads])  # [layer, pos, head] or [layer, head]
+    effect = _combine(estimates, grad_drop, model.cfg.n_layers)
+    clean_metric, corrupted_metric = runs.clean_metric, runs.corrupted_metric
     if by_position:
         labels = _position_labels(model, clean_tokens, corrupted_tokens, list(range(seq_len)))
         return PatchingResult(corrupted_metric + effect, ("layer", "pos", "head"), activation, layers, list(range(seq_len)), heads, clean_metric, corrupted_metric, labels)
-    return PatchingResult(corrupted_metric + effect.sum(1), ("layer", "head"), activation, layers, None, heads, clean_metric, corrupted_metric)
+    return PatchingResult(corrupted_metric + effect, ("layer", "head"), activation, layers, None, heads, clean_metric, corrupted_metric)
 
 
 def attribution_patch_residual(
@@ -617,9 +817,9 @@ def attribution_patch_residual(
     """The attribution-patching estimate of `analyses.patching.patch_residual`: values `[layer, pos]`."""
     hooks = {"resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out"}
     if activation not in hooks:
-        raise ValueError(f"activation must be one of {sorted(hooks)}, got {activation!r}")
+        raise ArgumentError(f"activation must be one of {sorted(hooks)}, got {activation!r}")
     if activation in ("resid_mid", "mlp_out") and model.cfg.attn_only:
-        raise ValueError(f"an attention-only model has no {activation}")
+        raise ArgumentError(f"an attention-only model has no {activation}")
     clean_tokens, corrupted_tokens, read = _pair(model, clean, corrupted, read_positions)
     layers = layer_list(model, layers)
     names = [f"blocks.{l}.{hooks[activation]}" for l in layers]
@@ -640,7 +840,7 @@ def attribution_patch_neurons(
 ) -> Float[Tensor, "layer d_mlp"]:
     """Estimated effect of patching each MLP neuron (`mlp.hook_post`, every position): `[layer, d_mlp]`."""
     if model.cfg.attn_only:
-        raise ValueError("an attention-only model has no MLP neurons")
+        raise ArgumentError("an attention-only model has no MLP neurons")
     clean_tokens, corrupted_tokens, read = _pair(model, clean, corrupted, read_positions)
     layers = layer_list(model, layers)
     names = [f"blocks.{l}.mlp.hook_post" for l in layers]

@@ -651,7 +651,7 @@ class _Base:
             if edit.kind not in ("set", "resample"):
                 return False
             now = self.at_sites[edit.site.hook_name][(slice(None),) + edit.site.index]
-            value = edit.value if edit.batch_axis or edit.value.ndim < now.ndim else edit.value[None]
+            value = edit.value  # [batch, ...] or the part without its batch dimension (broadcast below)
             if edit.kind == "resample":
                 value = value[_picks(value.shape[0], now.shape[0], edit.seed, value.device)]
             if value.shape[-now.ndim + 1 :] != now.shape[1:] or not torch.equal(value.to(now.dtype).expand_as(now), now):

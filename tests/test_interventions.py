@@ -402,3 +402,21 @@ def test_saes_splice_through_the_engine_exactly(model, prompts):
         model.saes(sae, sae)
     with pytest.raises(ValueError, match="no cfg.hook_name"):
         iv.splice(torch.nn.Identity())
+
+
+def test_replace_with_a_value_per_prompt_runs_in_the_fast_engine(model):
+    """`replace` with a value that has the batch dimension ([batch, d_head] for one head at one
+    position): the fast engine gives the naive loop's metric (it used to fail checking whether
+    the set changes anything)."""
+    tokens = torch.randint(0, model.cfg.d_vocab, (3, 7), generator=torch.Generator().manual_seed(0))
+    value = torch.randn(3, model.cfg.d_head, generator=torch.Generator().manual_seed(1))
+    sets = [[iv.replace(Site.head(1, 2, pos=4), value)], [iv.replace(Site.head(0, 1, pos=0), value * 2)]]
+
+    def metric(logits):
+        return logits[..., 5].mean()
+
+    fast, base_fast = iv.evaluate(model, tokens, sets, metric, disable=True)
+    naive, base_naive = iv.evaluate(model, tokens, sets, metric, method="naive", disable=True)
+    torch.testing.assert_close(fast, naive, rtol=1e-5, atol=1e-5)
+    assert (fast - base_fast).abs().min() > 1e-6  # the edits do something
+    assert no_hooks(model)

@@ -23,7 +23,7 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 def test_notebooks_exist():
     names = [path.stem for path in NOTEBOOKS]
-    for expected in ("01_clean_transformer", "02_induction_heads", "03_activation_patching", "04_logit_lens", "06_saes"):
+    for expected in ("01_clean_transformer", "02_induction_heads", "03_activation_patching", "04_logit_lens", "05_circuits", "06_saes"):
         assert expected in names, f"notebooks/{expected}.ipynb is missing (found {names})"
 
 
