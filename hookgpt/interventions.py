@@ -573,11 +573,15 @@ def evaluate(
     batch, seq_len = tokens.shape
     read = _positions(read_positions, seq_len)
     with torch.no_grad():
-        plans = []
         for i, ivs in enumerate(sets):
             if isinstance(ivs, Intervention):
                 raise TypeError(f"sets[{i}] is one Intervention; pass a list of sets, each a list of interventions")
-            edits = prepare(model, list(ivs), seq_len)
+        sets = [list(ivs) for ivs in sets]
+        # prepared together: one run per reference batch for every mean/resample of every set
+        flat = prepare(model, [iv for ivs in sets for iv in ivs], seq_len)
+        plans, start = [], 0
+        for ivs in sets:
+            edits, start = flat[start : start + len(ivs)], start + len(ivs)
             layer = min((e.site.layer(model.cfg.n_layers) for e in edits), default=model.cfg.n_layers)
             plans.append(_Plan(edits, layer, min((e.site.first_position for e in edits), default=seq_len)))
         if method == "fast" and model.cfg.n_layers > 0:
