@@ -508,6 +508,34 @@ def hooks_for(model: Any, edits: Sequence[Union[Intervention, _Edit]], rows: Opt
 
 
 @contextlib.contextmanager
+def spliced(model: Any, saes: Sequence[Any], use_error_term: bool = False) -> Iterator[Any]:
+    """`model.saes(...)`: splice each module in (see `splice`), and while it is in, list its own
+    hook points in `model.hook_dict` under the hook's name (SAELens's naming:
+    `blocks.1.hook_resid_pre.hook_sae_acts_post`), so its features cache, and take interventions,
+    like any activation. All undone on exit, also on error."""
+    ops = [splice(sae, use_error_term) for sae in saes]
+    names = [op.site.hook_name for op in ops]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"two SAEs read the same hook {twice}; splice one SAE per hook")
+    added: list[tuple[str, HookPoint, Optional[str]]] = []
+    try:
+        for sae, name in zip(saes, names):
+            for inner, hp in getattr(sae, "hook_dict", {}).items():
+                full = f"{name}.{inner}"
+                if full in model.hook_dict:
+                    raise ValueError(f"{full} is already a hook point of the model")
+                added.append((full, hp, hp.name))
+                model.hook_dict[full], hp.name = hp, full
+        with attached(model, *ops):
+            yield model
+    finally:
+        for full, hp, old_name in added:
+            model.hook_dict.pop(full, None)
+            hp.name = old_name
+
+
+@contextlib.contextmanager
 def attached(model: Any, *interventions: Intervention) -> Iterator[Any]:
     """`model.interventions(...)`: the interventions hold for every forward pass (and generation)
     inside the block; removed on exit, also on error."""
@@ -584,6 +612,13 @@ def evaluate(
             edits, start = flat[start : start + len(ivs)], start + len(ivs)
             layer = min((e.site.layer(model.cfg.n_layers) for e in edits), default=model.cfg.n_layers)
             plans.append(_Plan(edits, layer, min((e.site.first_position for e in edits), default=seq_len)))
+        own = {id(m) for m in model.modules()}
+        nested = sorted({e.site.hook_name for p in plans for e in p.edits if id(model.hook_dict[e.site.hook_name]) not in own})
+        if method == "fast" and nested:
+            # a hook point inside a spliced module (an SAE's features) is reached only inside a hook,
+            # where the fast path's rows are not the batch's: run these sets one forward each
+            warnings.warn(f"interventions on {nested} (inside a spliced module) run in the naive loop", stacklevel=2)
+            method = "naive"
         if method == "fast" and model.cfg.n_layers > 0:
             try:
                 return _fast(model, tokens, plans, metric, read, batch_size, memory_mb, disable, desc)

@@ -534,16 +534,15 @@ class HookedGPT(HookedRootModule):
         """A context manager: each sparse autoencoder replaces the activation of its hook
         (`sae.cfg.hook_name`) by its reconstruction (plus its error term with `use_error_term`, so
         outputs stay exact) for every forward and generation inside the block
-        (`hookgpt.interventions.splice`; SAEs from `analyses.sae` or any module of that form)."""
-        from hookgpt.interventions import attached, splice
+        (`hookgpt.interventions.splice`; SAEs from `analyses.sae` or any module of that form).
+        While spliced, an SAE's own hook points are the model's too, named after the hook
+        (`blocks.1.hook_resid_pre.hook_sae_acts_post`): cache them, or intervene on features with
+        `Site.at(name, pos, feature)`."""
+        from hookgpt.interventions import spliced
 
         if not saes:
             raise ValueError("saes() needs at least one SAE")
-        names = [splice(sae, use_error_term).site.hook_name for sae in saes]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"two SAEs read the same hook {twice}; splice one SAE per hook")
-        return attached(self, *[splice(sae, use_error_term) for sae in saes])
+        return spliced(self, saes, use_error_term)
 
     def generate(self, input: Any = "", max_new_tokens: int = 10, **kwargs: Any) -> Any:
         """Continue a prompt; see `hookgpt.generate.generate` for the options."""

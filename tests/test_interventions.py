@@ -399,7 +399,8 @@ def test_saes_splice_through_the_engine_exactly(model, prompts):
     torch.testing.assert_close(fast, naive, atol=1e-5, rtol=0)
     assert no_hooks(model)
     with pytest.raises(ValueError, match="two SAEs read the same hook"):
-        model.saes(sae, sae)
+        with model.saes(sae, sae):
+            pass
     with pytest.raises(ValueError, match="no cfg.hook_name"):
         iv.splice(torch.nn.Identity())
 
@@ -420,3 +421,34 @@ def test_replace_with_a_value_per_prompt_runs_in_the_fast_engine(model):
     torch.testing.assert_close(fast, naive, rtol=1e-5, atol=1e-5)
     assert (fast - base_fast).abs().min() > 1e-6  # the edits do something
     assert no_hooks(model)
+
+
+def test_a_spliced_sae_s_features_cache_and_take_interventions():
+    from analyses.sae import SAE
+
+    model = HookedGPT.from_pretrained("hookgpt-shakespeare")
+    sae = SAE.from_pretrained("hookgpt-shakespeare-resid-pre-1")
+    tokens = model.to_tokens("ROMEO:\nBut, soft! what light through yonder window breaks?")
+    name = "blocks.1.hook_resid_pre.hook_sae_acts_post"
+    with model.saes(sae, use_error_term=True):
+        _, cache = model.run_with_cache(tokens)
+        acts = cache[name]  # [batch, pos, d_sae]
+        feature = int(acts[0, -1].argmax())
+        site = Site.at(name, None, feature)
+        with model.interventions(iv.zero(site)):
+            ablated = model(tokens)
+        with pytest.warns(UserWarning, match="inside a spliced module"):
+            (value,), base = iv.evaluate(model, tokens, [[iv.zero(site)]], lambda logits: logits[:, -1].logsumexp(-1).mean())
+    assert acts.shape == (1, tokens.shape[1], sae.cfg.d_sae) and float(acts[0, -1, feature]) > 0
+    # zeroing the feature removes exactly its decoder direction from the residual stream
+    seen = {}
+
+    def grab(x, hook):
+        seen["x"] = x.clone()
+
+    with model.saes(sae, use_error_term=True), model.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", iv.observe(grab))]):
+        with model.interventions(iv.zero(site)):
+            model(tokens)
+    torch.testing.assert_close(seen["x"][0, -1], cache["blocks.1.hook_resid_pre"][0, -1] - acts[0, -1, feature] * sae.W_dec[feature], atol=1e-4, rtol=0)
+    assert float(value) == pytest.approx(float(ablated[:, -1].logsumexp(-1).mean().detach()), abs=1e-4) and value != base
+    assert name not in model.hook_dict and sae.hook_sae_acts_post.name == "hook_sae_acts_post" and no_hooks(model)
