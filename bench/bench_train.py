@@ -52,7 +52,7 @@ class _Identity:
     """What a HookPoint does when nothing listens, without being a module (no `nn.Module.__call__`)."""
 
     has_hooks = False
-    is_passive = True
+    only_observed = True
 
     def __call__(self, x: Tensor) -> Tensor:
         return x

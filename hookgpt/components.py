@@ -314,9 +314,9 @@ class TransformerBlock(nn.Module):
             q_in, k_in, v_in = (self.ln1(hook(per_head(attn_in, self.cfg.n_heads))) for hook in per_head_hooks)
             attn_out = self.attn(q_in, mask, kv_cache_entry, key_input=k_in, value_input=v_in)
         else:
-            for hook in per_head_hooks:  # only observers (caches): the same vector for every head
-                if hook.has_hooks:
-                    hook.record_lazily(functools.partial(per_head, n_heads=self.cfg.n_heads), attn_in.detach())
+            for hook in per_head_hooks:  # only observers (caches): the same vector for every head,
+                if hook.has_hooks:  # as a broadcast view (no copy: reading it costs no memory)
+                    hook.record_lazily(functools.partial(per_head, n_heads=self.cfg.n_heads, copy=False), attn_in.detach())
             attn_out = self.attn(self.ln1(attn_in), mask, kv_cache_entry)
         attn_out = self.hook_attn_out(attn_out)
         if self.cfg.attn_only:
@@ -326,9 +326,11 @@ class TransformerBlock(nn.Module):
         return self.hook_resid_post(resid_mid + mlp_out)
 
 
-def per_head(x: Float[Tensor, "batch pos d_model"], n_heads: int) -> Float[Tensor, "batch pos n_heads d_model"]:
-    """One copy of `x` per head (each head's query/key/value input, `hook_q_input` etc.)."""
-    return repeat(x, "batch pos d_model -> batch pos n_heads d_model", n_heads=n_heads).clone()
+def per_head(x: Float[Tensor, "batch pos d_model"], n_heads: int, copy: bool = True) -> Float[Tensor, "batch pos n_heads d_model"]:
+    """One copy of `x` per head (each head's query/key/value input, `hook_q_input` etc.); with
+    `copy=False` a read-only broadcast view of `x` instead."""
+    view = repeat(x, "batch pos d_model -> batch pos n_heads d_model", n_heads=n_heads)
+    return view.clone() if copy else x[:, :, None, :].expand_as(view)
 
 
 class Unembed(nn.Module):
