@@ -346,6 +346,13 @@ class ActivationCache:
             parts.append(result.movedim(-2, 0))  # [n_heads, *batch, (pos,) d_model]
             labels += [f"L{l}H{h}" for h in range(result.shape[-2])]
         stack = torch.cat(parts) if parts else self._empty_stack(pos_slice)
+        return self._finish_stack(stack, labels, layer, pos_slice, incl_remainder, apply_ln, return_labels)
+
+    def _finish_stack(
+        self, stack: Tensor, labels: list[str], layer: int, pos_slice: Slice, incl_remainder: bool, apply_ln: bool, return_labels: bool
+    ) -> Any:
+        """A stack of components of the residual stream before `layer`: with `incl_remainder`, the
+        rest of that residual stream as one more component; with `apply_ln`, each normalised."""
         if incl_remainder:
             remainder = pos_slice.apply(self._resid_before(layer), dim=-2) - stack.sum(0)
             stack = torch.cat([stack, remainder[None]])
@@ -395,13 +402,7 @@ class ActivationCache:
             parts.append(self.get_neuron_results(l, neuron_slice, pos_slice).movedim(-2, 0))
             labels += [f"L{l}N{n}" for n in neurons]
         stack = torch.cat(parts) if parts else self._empty_stack(pos_slice)
-        if incl_remainder:
-            remainder = pos_slice.apply(self._resid_before(layer), dim=-2) - stack.sum(0)
-            stack = torch.cat([stack, remainder[None]])
-            labels.append("remainder")
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
-        return (stack, labels) if return_labels else stack
+        return self._finish_stack(stack, labels, layer, pos_slice, incl_remainder, apply_ln, return_labels)
 
     def get_full_resid_decomposition(
         self,
