@@ -351,3 +351,12 @@ def test_generate_on_small_random_hf_model_matches(tmp_path):
     with torch.no_grad():
         theirs = hf_model.generate(tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=20, do_sample=False, eos_token_id=299, pad_token_id=299)
     assert ours.tolist() == theirs.tolist()
+
+
+def test_a_tiny_temperature_samples_the_argmax_instead_of_failing():
+    # found by the random bad-input test: logits / 9e-80 overflowed to +inf and softmax gave NaN
+    from hookgpt.generate import sample_next_token
+
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.25]])
+    picked = sample_next_token(logits, do_sample=True, temperature=9e-80, generator=torch.Generator().manual_seed(0))
+    assert picked.tolist() == [1, 0]
