@@ -65,9 +65,10 @@ def sample_next_token(
     smallest set of tokens whose probability adds up to `top_p` (nucleus sampling)."""
     if not do_sample or temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float()
-    # shift the best logit to 0 before sharpening (softmax ignores a shift): a tiny temperature then
-    # gives -inf, never +inf, so the distribution stays defined (it tends to the argmax)
+    # in float64 (a Python float temperature is one: 9e-80 would be 0 in float32), with the best
+    # logit shifted to 0 first (softmax ignores a shift): a tiny temperature then gives -inf,
+    # never +inf, so the distribution stays defined (it tends to the argmax)
+    logits = logits.double()
     logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]
