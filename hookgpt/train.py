@@ -49,7 +49,7 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -680,16 +680,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device, info: DistInfo,
             save_snapshot(out_dir, 0, model)
 
     # Ctrl-C: finish the step, save a checkpoint, stop (a second Ctrl-C stops at once).
-    interrupted = {"flag": False}
-    catch_sigint = _is_main_thread()  # Python sets signal handlers from the main thread only
-    old_handler = signal.getsignal(signal.SIGINT) or signal.default_int_handler
-
-    def on_sigint(signum, frame):
-        interrupted["flag"] = True
-        signal.signal(signal.SIGINT, old_handler)
-
-    if catch_sigint:
-        signal.signal(signal.SIGINT, on_sigint)
+    interrupted, restore_sigint = catch_ctrl_c()
 
     last_saved = {"step": start_step if state is not None else None}
 
@@ -765,8 +756,7 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device, info: DistInfo,
                 break
     finally:
         bar.close()
-        if catch_sigint:
-            signal.signal(signal.SIGINT, old_handler)
+        restore_sigint()
 
     summary = {"steps": history[-1]["step"] if history else start_step, "tokens_seen": tokens_seen, "history": history,
                "checkpoint": str(ckpt_path), "log": str(log_path), "interrupted": interrupted["flag"]}
@@ -781,6 +771,24 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device, info: DistInfo,
         write_loss_curve(log_path, out_dir / "loss.html")
     summary["model"] = model
     return summary
+
+
+def catch_ctrl_c() -> tuple[dict, Callable[[], None]]:
+    """Make the first Ctrl-C set `flag["flag"] = True` instead of raising (the loop then finishes
+    its step, saves a checkpoint and stops; a second Ctrl-C stops at once). Returns the flag and
+    the function that puts the old handler back. Outside the main thread (where Python cannot set
+    signal handlers) nothing changes."""
+    interrupted = {"flag": False}
+    if not _is_main_thread():
+        return interrupted, lambda: None
+    old_handler = signal.getsignal(signal.SIGINT) or signal.default_int_handler
+
+    def on_sigint(signum, frame):
+        interrupted["flag"] = True
+        signal.signal(signal.SIGINT, old_handler)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return interrupted, lambda: signal.signal(signal.SIGINT, old_handler)
 
 
 def _is_main_thread() -> bool:

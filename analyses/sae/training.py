@@ -36,8 +36,6 @@ randomness on `(seed, s)`). Checkpoints hold only tensors, numbers and strings, 
 import dataclasses
 import json
 import os
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -49,6 +47,7 @@ from torch import Tensor
 
 from analyses._common import progress
 from hookgpt.atomic import atomic_write, write_bytes_atomic
+from hookgpt.train import catch_ctrl_c
 
 from .sae import SAE, SAEConfig, jumprelu_l0
 
@@ -368,16 +367,7 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, source: Any, resume: bool
             save_checkpoint(ckpt_path, {"sae": sae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                                         "steps_since_fired": steps_since_fired.clone(), **config_json})
 
-    interrupted = {"flag": False}
-    catch_sigint = threading.current_thread() is threading.main_thread()
-    old_handler = signal.getsignal(signal.SIGINT) or signal.default_int_handler
-
-    def on_sigint(signum, frame):
-        interrupted["flag"] = True
-        signal.signal(signal.SIGINT, old_handler)
-
-    if catch_sigint:
-        signal.signal(signal.SIGINT, on_sigint)
+    interrupted, restore_sigint = catch_ctrl_c()  # Ctrl-C: finish the step, save, stop
 
     unit_decoder = sae_cfg.architecture in ("topk", "jumprelu")
     if unit_decoder and state is None:
@@ -445,8 +435,7 @@ def train_sae(sae_cfg: SAEConfig, cfg: SAETrainConfig, source: Any, resume: bool
                 break
     finally:
         bar.close()
-        if catch_sigint:
-            signal.signal(signal.SIGINT, old_handler)
+        restore_sigint()
 
     sae_dir = out_dir / "sae"
     if rank == 0 and not interrupted["flag"]:
