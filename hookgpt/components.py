@@ -76,7 +76,11 @@ class LayerNorm(nn.Module):
         computed on the side only if someone observes it."""
         eps = self.cfg.layer_norm_eps
         if self.hook_scale.has_hooks:
-            self.hook_scale((residual.var(dim=-1, keepdim=True, correction=0) + eps).sqrt())
+            # the kernel returns 1 / scale on the side (computing the variance again with
+            # Tensor.var costs ~15x the whole layer norm on a CPU)
+            normalized, _, rstd = torch.native_layer_norm(residual, (self.length,), self.w, self.b, eps)
+            self.hook_scale(rstd.reciprocal().to(residual.dtype))
+            return self.hook_normalized(normalized)
         return self.hook_normalized(F.layer_norm(residual, (self.length,), self.w, self.b, eps))
 
 
@@ -130,6 +134,24 @@ class Attention(nn.Module):
     def pattern_observed(self) -> bool:
         return self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
 
+    @property
+    def pattern_only_lazily_observed(self) -> bool:
+        """Every hook on the scores and the pattern is a lazy observer (a cache)."""
+        return all(hp.only_lazily_observed for hp in (self.hook_attn_scores, self.hook_pattern) if hp.has_hooks)
+
+    def record_pattern_lazily(self, q: Tensor, k: Tensor, mask: AttentionMask) -> None:
+        """Hand the caches on `hook_attn_scores`/`hook_pattern` LazyActivations, computed from
+        copies of q and k only if read (a cache's own q and k may be edited in place later).
+        The pattern read is softmax(scores), bit for bit; the fused kernel's z equals
+        pattern @ v to float precision, as in every forward without hooks."""
+        if mask is None:
+            mask = causal_mask(q.shape[1], k.shape[1], q.device)
+        q, k = q.detach().clone(), k.detach().clone()
+        if self.hook_attn_scores.has_hooks:
+            self.hook_attn_scores.record_lazily(self.attention_scores, q, k, mask)
+        if self.hook_pattern.has_hooks:
+            self.hook_pattern.record_lazily(self.attention_pattern, q, k, mask)
+
     def forward(
         self,
         query_input: Union[Float[Tensor, "batch pos d_model"], Float[Tensor, "batch pos n_heads d_model"]],
@@ -149,9 +171,11 @@ class Attention(nn.Module):
         if kv_cache_entry is not None:
             k, v = kv_cache_entry.append(k, v)  # keys/values of all positions, past and new
 
-        if self.pattern_observed:
+        if self.pattern_observed and not self.pattern_only_lazily_observed:
             z = self.explicit_attention(q, k, v, mask)
         else:
+            if self.pattern_observed:  # only caches listen: the fused kernel runs, the pattern is computed if read
+                self.record_pattern_lazily(q, k, mask)
             z = self.fused_attention(q, k, v, mask)
         z = self.hook_z(z)
 
@@ -162,7 +186,7 @@ class Attention(nn.Module):
             # Only observers listen: they get each head's output on the side, caches as a
             # LazyActivation computed if read (it is n_heads times the size of the residual stream;
             # most analyses never read it). W_O is copied: later weight edits don't change it.
-            self.hook_result.record_lazily(head_results, z.detach(), self.W_O.detach().clone())
+            self.hook_result.record_lazily(head_results, z.detach().clone(), self.W_O.detach().clone())
         return einsum(z, self.W_O, "batch pos n_heads d_head, n_heads d_head d_model -> batch pos d_model") + self.b_O
 
     def explicit_attention(
@@ -173,13 +197,15 @@ class Attention(nn.Module):
         mask: AttentionMask,
     ) -> Float[Tensor, "batch query_pos n_heads d_head"]:
         """Attention written out: scores, mask, softmax, weighted sum of values."""
-        q = q / math.sqrt(self.cfg.d_head)  # scaling q costs less than scaling the scores
-        attn_scores = einsum(
-            q, k, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos"
-        )
         if mask is None:
             mask = causal_mask(q.shape[1], k.shape[1], q.device)
-        attn_scores = self.hook_attn_scores(attn_scores.masked_fill_(~mask, float("-inf")))  # fresh: edit in place
+        attn_scores = self.attention_scores(q, k, mask)
+        if self.hook_attn_scores.only_lazily_observed:
+            # Only caches listen: they get the scores as a LazyActivation, recomputed (bit for bit)
+            # from q and k if read, so this [batch, n_heads, pos, pos] tensor is not kept alive.
+            self.hook_attn_scores.record_lazily(self.attention_scores, q.detach().clone(), k.detach().clone(), mask)
+        else:
+            attn_scores = self.hook_attn_scores(attn_scores)
         pattern = attn_scores.softmax(dim=-1)
         if not self.hook_attn_scores.only_observed:
             # a hook may have masked a whole row to -inf, which has no softmax (NaN): that query
@@ -189,6 +215,27 @@ class Attention(nn.Module):
         return einsum(
             pattern, v, "batch n_heads query_pos key_pos, batch key_pos n_heads d_head -> batch query_pos n_heads d_head"
         )
+
+    def attention_scores(
+        self,
+        q: Float[Tensor, "batch query_pos n_heads d_head"],
+        k: Float[Tensor, "batch key_pos n_heads d_head"],
+        mask: Bool[Tensor, "#batch 1 query_pos key_pos"],
+    ) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
+        """Scaled dot products of queries and keys, -inf where `mask` is False."""
+        q = q / math.sqrt(self.cfg.d_head)  # scaling q costs less than scaling the scores
+        attn_scores = einsum(
+            q, k, "batch query_pos n_heads d_head, batch key_pos n_heads d_head -> batch n_heads query_pos key_pos"
+        )
+        return attn_scores.masked_fill_(~mask, float("-inf"))  # fresh: edit in place
+
+    def attention_pattern(
+        self,
+        q: Float[Tensor, "batch query_pos n_heads d_head"],
+        k: Float[Tensor, "batch key_pos n_heads d_head"],
+        mask: Bool[Tensor, "#batch 1 query_pos key_pos"],
+    ) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
+        return self.attention_scores(q, k, mask).softmax(dim=-1)
 
     def fused_attention(
         self,

@@ -129,6 +129,12 @@ class HookPoint(nn.Module):
         """
         return not self.bwd_handles and all(h.observe_only for h in self.fwd_handles)
 
+    @property
+    def only_lazily_observed(self) -> bool:
+        """True when hooks are attached and every one is an observe-only hook that accepts a
+        `LazyActivation` (caches), so the model may hand it a value it computes only if read."""
+        return bool(self.fwd_handles) and not self.bwd_handles and all(h.observe_only and h.lazy for h in self.fwd_handles)
+
     def record_lazily(self, compute: Callable[..., Tensor], *inputs: Tensor) -> None:
         """Hand the observe-only hooks `compute(*inputs)`: lazy ones as a `LazyActivation`,
         computed only if read; the others (if any) get the tensor, computed once.

@@ -336,3 +336,31 @@ def test_factored_products_scalars_and_broadcasting():
         fm.eigenvalues
     square = _fm(l=4)
     torch.testing.assert_close(square.get_corner(2), square.AB[:2, :2])
+
+
+def test_lazily_cached_scores_and_fused_scale_equal_the_written_out_path():
+    """A cache gets hook_attn_scores as a LazyActivation (recomputed from q and k when read) and
+    hook_scale from the fused layer norm: the same values a hook that edits them sees, where
+    the model takes its written-out path."""
+    from hookgpt.hooks import LazyActivation
+
+    torch.manual_seed(1)
+    model = HookedGPT(CFG).eval()
+    tokens = torch.randint(0, 200, (2, 10))
+    logits, cache = model.run_with_cache(tokens)
+
+    assert isinstance(cache.cache_dict["blocks.0.attn.hook_attn_scores"], LazyActivation)
+    edited = {}
+
+    def keep(act, hook):  # an editing hook (not observe-only): the model computes everything in line
+        edited[hook.name] = act.clone()
+        return act
+
+    names = [get_act_name(n, layer) for layer in range(CFG.n_layers) for n in ("attn_scores", "pattern")]
+    names += [get_act_name("scale", layer, ln) for layer in range(CFG.n_layers) for ln in ("ln1", "ln2")] + ["ln_final.hook_scale"]
+    edited_logits = model.run_with_hooks(tokens, fwd_hooks=[(name, keep) for name in names])
+    torch.testing.assert_close(edited_logits, logits, rtol=0, atol=1e-5)
+    for name in names:
+        torch.testing.assert_close(cache[name], edited[name], rtol=1e-5, atol=1e-6, msg=name)
+    for layer in range(CFG.n_layers):  # the recomputed scores are the ones the pattern came from, bit for bit
+        assert torch.equal(cache["attn_scores", layer].softmax(dim=-1), cache["pattern", layer])
