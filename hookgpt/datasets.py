@@ -246,7 +246,9 @@ class RepeatedSequences(TextTokens):
 
     The unit is `period` tokens (uniform in [min_period, max_period], at most half the row): for
     `corpus_fraction` of the repeated rows the row's own first tokens (a corpus span), otherwise
-    random ids below `vocab_size` (default: every id but EOT). Random periods leave no positional
+    random ids below `vocab_size` (default: every id but EOT), or with `from_data` random ids among
+    those that occur in the training split (so a restricted softmax stays over the data's ids and
+    no embedding outside them is trained). Random periods leave no positional
     shortcut, so the only way to predict the second copy is to look back one period: induction.
     Validation batches are plain text.
     """
@@ -255,8 +257,10 @@ class RepeatedSequences(TextTokens):
 
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, seq_len: int, batch_size: int, seed: int = 0, *,
                  repeat_fraction: float, corpus_fraction: float = 0.5, min_period: int = 8, max_period: int = 96,
-                 vocab_size: Optional[int] = None):
+                 vocab_size: Optional[int] = None, from_data: bool = False):
         super().__init__(train_tokens, val_tokens, seq_len, batch_size, seed)
+        if from_data and vocab_size is not None:
+            raise TrainingError("repeat_from_data draws from the training split's ids; it cannot be combined with repeat_vocab_size")
         for name, value in (("repeat_fraction", repeat_fraction), ("repeat_corpus_fraction", corpus_fraction)):
             if not 0 <= value <= 1:
                 raise TrainingError(f"{name} must be in [0, 1], got {value}")
@@ -266,13 +270,18 @@ class RepeatedSequences(TextTokens):
             raise TrainingError(f"repeat periods must satisfy 1 <= repeat_min_period <= repeat_max_period, got {min_period}, {max_period}")
         self.repeat_fraction, self.corpus_fraction = repeat_fraction, corpus_fraction
         self.min_period, self.max_period, self.vocab_size = min_period, max_period, vocab_size
+        ids = self.vocab_ids() if from_data else None
+        self.unit_ids = ids[ids != EOT] if from_data else None
 
     def global_batch(self, step: int) -> Batch:
         rng = np.random.default_rng([self.seed, 0, step])
         n, seq_len = self.batch_size, self.seq_len
         rows = random_windows(self.train_tokens, seq_len, n, rng)
         repeat = rng.random(n) < self.repeat_fraction
-        vocab = rng.integers(0, self.vocab_size or EOT, size=(n, seq_len))  # random ids (EOT excluded)
+        if self.unit_ids is None:
+            vocab = rng.integers(0, self.vocab_size or EOT, size=(n, seq_len))  # random ids (EOT excluded)
+        else:
+            vocab = self.unit_ids[rng.integers(0, len(self.unit_ids), size=(n, seq_len))]
         periods = rng.integers(self.min_period, self.max_period + 1, size=n)
         use_corpus_span = rng.random(n) < self.corpus_fraction
         for i in np.nonzero(repeat)[0]:

@@ -26,6 +26,12 @@ Options for small machines, off by default (a shipped model's card says which it
   (plus the targets of the step's global batch) instead of the whole vocabulary; the
   unembedding dominates the cost of a small model. Every micro-step and DDP rank uses the same
   id set, so the loss is still exact.
+- `restrict_vocab_to_batch`: the softmax runs over the targets of the step's global batch only
+  (a sampled softmax). Only for a warm-up on repeated random units, where it is ~10x cheaper:
+  the ids outside the batch are never pushed down, so a later stage must train with
+  `restrict_vocab` or the full softmax.
+- `repeat_from_data`: repeated random units draw from the ids of the training split (not the
+  whole vocabulary), so no embedding outside the data's ids is trained.
 - `dataset="repeated"` (implied by `repeat_fraction > 0`): the repeated-sequence curriculum.
 
 `init_from` starts a run from trained weights instead of a random init (fine-tuning, or the
@@ -122,9 +128,11 @@ class TrainConfig:
     autocast_dtype: Optional[str] = None  # "bfloat16"
     compile: bool = False
     restrict_vocab: bool = False
+    restrict_vocab_to_batch: bool = False  # the softmax runs over the step's target ids only (a warm-up on repeated units)
     repeat_fraction: float = 0.0
     repeat_corpus_fraction: float = 0.5  # of the repeated rows, the share that repeat a corpus span
     repeat_vocab_size: Optional[int] = None  # random units draw ids below this (None: the whole vocabulary)
+    repeat_from_data: bool = False  # random units draw from the ids that occur in the training split
     repeat_min_period: int = 8
     repeat_max_period: int = 96
     val_fraction: float = 0.05
@@ -210,7 +218,7 @@ def make_dataset(cfg: TrainConfig, data_dir: Path, prepare: bool = True) -> Data
     return RepeatedSequences(
         train_tokens, val_tokens, cfg.seq_len, cfg.batch_size, cfg.seed, repeat_fraction=cfg.repeat_fraction,
         corpus_fraction=cfg.repeat_corpus_fraction, min_period=cfg.repeat_min_period, max_period=cfg.repeat_max_period,
-        vocab_size=cfg.repeat_vocab_size,
+        vocab_size=cfg.repeat_vocab_size, from_data=cfg.repeat_from_data,
     )
 
 
@@ -570,6 +578,10 @@ def _validate(cfg: TrainConfig, model_cfg: GPTConfig, world_size: int) -> None:
             raise TrainingError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
     if cfg.repeat_vocab_size is not None and not 2 <= cfg.repeat_vocab_size <= EOT:
         raise TrainingError(f"repeat_vocab_size must be in [2, {EOT}], got {cfg.repeat_vocab_size}")
+    if cfg.restrict_vocab_to_batch and cfg.restrict_vocab:
+        raise TrainingError("restrict_vocab (the data's ids) and restrict_vocab_to_batch (the batch's ids) exclude each other")
+    if cfg.repeat_from_data and cfg.repeat_vocab_size is not None:
+        raise TrainingError("repeat_from_data draws from the training split's ids; it cannot be combined with repeat_vocab_size")
     if not 0 <= cfg.val_fraction < 1:
         raise TrainingError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.autocast_dtype not in (None, "bfloat16"):
@@ -646,7 +658,10 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device, info: DistInfo,
     if init_weights is not None:
         model.load_state_dict(init_weights)
     freeze_parameters(model, cfg.freeze)
-    vocab_ids = torch.from_numpy(dataset.vocab_ids()).to(device) if cfg.restrict_vocab else None
+    if cfg.restrict_vocab_to_batch:  # no fixed ids: softmax_ids() is then the global batch's targets
+        vocab_ids = torch.empty(0, dtype=torch.long, device=device)
+    else:
+        vocab_ids = torch.from_numpy(dataset.vocab_ids()).to(device) if cfg.restrict_vocab else None
     objective = LanguageModelLoss(model, vocab_ids).to(device)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, cfg) / cfg.lr)
@@ -883,6 +898,9 @@ def build_arg_parser():
     p.add_argument("--n-ctx", type=int)
     p.add_argument("--attn-only", action="store_true", default=None)
     p.add_argument("--restrict-vocab", action="store_true", default=None)
+    p.add_argument("--restrict-vocab-to-batch", action="store_true", default=None)
+    p.add_argument("--repeat-from-data", action="store_true", default=None,
+                   help="random repeated units draw from the ids that occur in the training split")
     p.add_argument("--compile", action="store_true", default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     return p

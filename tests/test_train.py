@@ -8,6 +8,7 @@ bit-identical losses.
 
 import gzip
 import json
+import math
 import os
 import signal
 import socket
@@ -540,6 +541,28 @@ def test_repeat_corpus_fraction_picks_what_is_repeated(tmp_path, corpus):
     assert not any(seen[0.0]) and all(seen[1.0])
     small = tiny_config(tmp_path, corpus, repeat_fraction=1.0, repeat_corpus_fraction=0.0, repeat_vocab_size=50, batch_size=32)
     assert make_dataset(small, tmp_path / "data").global_batch(3).tokens.max() < 50
+    from_data = tiny_config(tmp_path, corpus, repeat_fraction=1.0, repeat_corpus_fraction=0.0, repeat_from_data=True, batch_size=32)
+    drawn = make_dataset(from_data, tmp_path / "data").global_batch(3).tokens
+    assert set(drawn.flatten().tolist()) <= set(tokens.tolist()) - {EOT}  # random units of the data's own ids
+    assert len(set(drawn.flatten().tolist())) > 50
+    with pytest.raises(TrainingError, match="repeat_from_data"):
+        train(tiny_config(tmp_path / "both", corpus, repeat_fraction=1.0, repeat_from_data=True, repeat_vocab_size=50))
+
+
+def test_softmax_restricted_to_the_batch(tmp_path, corpus):
+    """restrict_vocab_to_batch: the softmax runs over the step's targets alone, and it trains."""
+    model = HookedGPT(GPTConfig(**TINY_MODEL, tie_embeddings=True))
+    tokens = torch.randint(0, 300, (3, 20))
+    batch_only = LanguageModelLoss(model, torch.empty(0, dtype=torch.long))
+    ids = batch_only.softmax_ids(tokens[:, 1:])
+    assert ids.tolist() == sorted(set(tokens[:, 1:].flatten().tolist()))
+    logits = model(tokens)[:, :-1][..., ids]
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.searchsorted(ids, tokens[:, 1:].flatten()))
+    assert torch.allclose(batch_only(tokens), expected, atol=1e-5)
+    summary = train(tiny_config(tmp_path / "run", corpus, repeat_fraction=1.0, restrict_vocab_to_batch=True, max_steps=4))
+    assert summary["steps"] == 4 and math.isfinite(summary["final_train_loss"])
+    with pytest.raises(TrainingError, match="exclude each other"):
+        train(tiny_config(tmp_path / "both", corpus, restrict_vocab=True, restrict_vocab_to_batch=True))
 
 
 # =============================================================================================
