@@ -52,28 +52,54 @@ Template = Union[
 # ------------------------------------------------------------------ data: repeated random tokens
 
 
+MASKED_LOGIT_GAP = 50.0
+
+
+def predictable_token_ids(model: HookedGPT) -> Int[Tensor, "n_ids"]:
+    """The ids the model can predict: all of them, except ids whose unembedding bias sits more
+    than `MASKED_LOGIT_GAP` (50) below the largest bias, which a model was made never to predict
+    (`hookgpt-shakespeare` masks the ids that never occur in its corpus with a bias of -100, so
+    its full softmax equals the one it was trained with). The rule survives centring the
+    unembedding (a shift of every bias)."""
+    b_U = model.b_U.detach().float()
+    return torch.nonzero(b_U >= b_U.max() - MASKED_LOGIT_GAP).flatten().cpu()
+
+
 def repeated_random_tokens(
-    model: HookedGPT, seq_len: int = 20, batch: int = 8, seed: int = 0, bos_token_id: Optional[int] = None
+    model: HookedGPT, seq_len: int = 20, batch: int = 8, seed: int = 0, bos_token_id: Optional[int] = None,
+    token_ids: Optional[Int[Tensor, "n_ids"]] = None,
 ) -> Int[Tensor, "batch pos"]:
     """`[batch, 1 + 2 * seq_len]`: BOS, then `seq_len` distinct random tokens, then the same again.
 
     Seeded (the global RNG is untouched). The BOS id is the tokenizer's, or `d_vocab - 1` for a
-    model without a GPT-2 tokenizer; it never appears among the random tokens.
+    model without a GPT-2 tokenizer; it never appears among the random tokens. The random tokens
+    are drawn from `token_ids` (default: `predictable_token_ids(model)`; for most models every
+    id, for `hookgpt-shakespeare` the ids of its corpus).
     """
     d_vocab = model.cfg.d_vocab
     check_count(seq_len, "seq_len")
     check_count(batch, "batch")
     if bos_token_id is None:
         bos_token_id = _bos_token_id(model)
-    if seq_len + 1 > d_vocab:
-        raise ArgumentError(f"seq_len={seq_len} distinct tokens need d_vocab > seq_len, the model has d_vocab={d_vocab}")
     if 1 + 2 * seq_len > model.cfg.n_ctx:
         raise ArgumentError(f"1 + 2 * seq_len = {1 + 2 * seq_len} tokens exceed the model's n_ctx={model.cfg.n_ctx}")
+    pool = predictable_token_ids(model) if token_ids is None else torch.as_tensor(token_ids).flatten().long().cpu()
+    if token_ids is not None and (len(pool) == 0 or pool.min() < 0 or pool.max() >= d_vocab):
+        raise ArgumentError(f"token_ids must be ids in [0, {d_vocab}), got {len(pool)} ids"
+                            + (f" in [{int(pool.min())}, {int(pool.max())}]" if len(pool) else ""))
+    every_id = len(pool) == d_vocab and bool((pool == torch.arange(d_vocab)).all())
+    pool = torch.unique(pool[pool != bos_token_id])
+    if seq_len > len(pool):
+        raise ArgumentError(f"seq_len={seq_len} distinct tokens need more than seq_len ids to draw from, there are {len(pool)} "
+                            f"(d_vocab={d_vocab})")
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(batch):
-        random = torch.randperm(d_vocab - 1, generator=generator)[:seq_len]
-        random = random + (random >= bos_token_id).long()  # skip the BOS id
+        if every_id:  # kept as it was, so seeds give the same tokens as before
+            random = torch.randperm(d_vocab - 1, generator=generator)[:seq_len]
+            random = random + (random >= bos_token_id).long()  # skip the BOS id
+        else:
+            random = pool[torch.randperm(len(pool), generator=generator)[:seq_len]]
         rows.append(torch.cat([torch.tensor([bos_token_id]), random, random]))
     return torch.stack(rows).to(model.device)
 

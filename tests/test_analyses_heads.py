@@ -149,6 +149,29 @@ def test_repeated_random_tokens():
         heads.repeated_random_tokens(model, seq_len=40)
 
 
+
+def test_repeated_random_tokens_draw_only_predictable_ids():
+    """Ids masked by a very negative unembedding bias (as hookgpt-shakespeare masks the ids its
+    corpus lacks) are never drawn; centring the biases keeps the same ids; explicit token_ids win."""
+    model = HookedGPT(GPTConfig(**CFG))
+    masked = torch.arange(0, CFG["d_vocab"], 3)
+    with torch.no_grad():
+        model.b_U[masked] = -100.0
+    allowed = set(heads.predictable_token_ids(model).tolist())
+    assert allowed == set(range(CFG["d_vocab"])) - set(masked.tolist())
+    tokens = heads.repeated_random_tokens(model, seq_len=30, batch=6, seed=0)
+    assert set(tokens[:, 1:].flatten().tolist()) <= allowed
+    with torch.no_grad():
+        model.b_U.sub_(model.b_U.mean())  # what centring the unembedding does
+    assert set(heads.predictable_token_ids(model).tolist()) == allowed
+    chosen = torch.arange(100, 140)
+    tokens = heads.repeated_random_tokens(model, seq_len=20, batch=3, token_ids=chosen)
+    assert set(tokens[:, 1:].flatten().tolist()) <= set(chosen.tolist())
+    with pytest.raises(ValueError, match="token_ids"):
+        heads.repeated_random_tokens(model, token_ids=torch.tensor([5, CFG["d_vocab"]]))
+    with pytest.raises(ValueError, match="seq_len=20 distinct"):
+        heads.repeated_random_tokens(model, seq_len=20, token_ids=torch.arange(10))
+
 # ---- TransformerLens' head_detector, transcribed (exclude_bos=False, exclude_current_token=False, "mul")
 
 
