@@ -1,6 +1,6 @@
 """The `hookgpt` command line: what a researcher runs first.
 
-    hookgpt demo                      # the shipped model: generate, logit lens, head scans -> report.html
+    hookgpt demo                      # the shipped model: generate, copy, logit lens, head scans -> report.html
     hookgpt generate "To be, or not"  # continue a prompt
     hookgpt lens "..."                # logit lens of a prompt
     hookgpt heads                     # previous-token / induction / duplicate / BOS head scans
@@ -34,6 +34,10 @@ from hookgpt.errors import HookgptError, UnknownNameError, close_matches
 
 DEFAULT_MODEL = "hookgpt-shakespeare"
 DEFAULT_PROMPT = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the"
+# The passage the demo asks the model to copy: a sonnet (not in the plays the model was trained on),
+# so a good continuation of its second copy is copying from the context (induction), not memory.
+COPY_PASSAGE = ("Shall I compare thee to a summer's day? Thou art more lovely and more temperate: "
+                "Rough winds do shake the darling buds of May, And summer's lease hath all too short a date;")
 
 
 class CLIError(Exception):
@@ -200,6 +204,16 @@ def cmd_demo(args) -> int:
 
     continuation = model.generate(prompt, max_new_tokens=args.max_new_tokens)
     print(f"\n--- greedy continuation ---\n{continuation}\n---------------------------")
+    sampling = {"do_sample": True, "temperature": 0.8, "top_k": 40, "seed": args.seed}
+    sampled = model.generate(prompt, max_new_tokens=args.max_new_tokens, **sampling)
+    sampled_heading = f"sampled continuation (temperature 0.8, top-k 40, seed {args.seed})"
+    print(f"\n--- {sampled_heading} ---\n{sampled}\n---------------------------")
+    copy = _copy_passage(model, COPY_PASSAGE)
+    copy_text = (f"passage: {copy['passage']!r}\ngiven the passage and then its first {copy['prefix_tokens']} tokens "
+                 f"({copy['prefix']!r}) again, "
+                 f"the model continues: {copy['continuation']!r}\ncopied {copy['tokens_copied']}/{copy['tokens_total']} tokens; "
+                 f"loss on the first copy {copy['first_copy_loss']:.2f}, on the second {copy['second_copy_loss']:.2f} nats/token")
+    print(f"\n--- copying a repeated passage (induction) ---\n{copy_text}\n---------------------------\n")
 
     with torch.no_grad():
         loss = float(model(prompt, return_type="loss"))
@@ -215,6 +229,8 @@ def cmd_demo(args) -> int:
 
     sections = [
         ("Prompt and greedy continuation", continuation),
+        (f"Prompt and {sampled_heading}", sampled),
+        ("Copying a repeated passage (induction at work)", copy_text),
         ("Logit lens: top predictions by layer and position", logit_lens_grid(lens.tokens, lens.layer_labels, lens.top_tokens, lens.top_probs)),
         ("Logit lens: probability of the actual next token", lens.figure()),
     ]
@@ -227,10 +243,37 @@ def cmd_demo(args) -> int:
     sections += _sae_sections(model, args.model, prompt)
     report = save_report(out_dir / "report.html", f"hookgpt demo: {args.model}", sections)
     summary = {"model": args.model, "loss_on_prompt": loss, "continuation": continuation,
+               "sampled_continuation": sampled, "sampling": sampling, "copy": copy,
                "top_heads": {k: df.to_dict(orient="records") for k, df in top.items()}, "seconds": time.perf_counter() - started}
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
     print(f"\nwrote {report} and {out_dir / 'summary.json'} in {summary['seconds']:.1f} s")
     return 0
+
+
+def _copy_passage(model, passage: str, prefix_tokens: int = 3) -> dict:
+    """Induction at work: the model reads `passage`, then its first `prefix_tokens` tokens again,
+    and continues greedily for the rest of the passage's length. Returns the passage, the
+    continuation, how many generated tokens equal the passage's, and the mean loss per token on
+    the first and the second copy of the passage repeated twice (BOS first)."""
+    import torch
+
+    tokens = model.to_tokens(passage)[0]  # [pos]: BOS, then the passage
+    bos, passage_tokens = tokens[:1], tokens[1:(model.cfg.n_ctx + 1) // 2]  # BOS + two copies fit the context
+    passage, n = model.to_string(passage_tokens), len(passage_tokens)
+    prompt = torch.cat([bos, passage_tokens, passage_tokens[:prefix_tokens]])
+    generated = model.generate(prompt, max_new_tokens=n - prefix_tokens, stop_at_eos=False)[len(prompt):]
+    with torch.no_grad():
+        loss = model(torch.cat([bos, passage_tokens, passage_tokens])[None], return_type="loss", loss_per_token=True)[0]
+    return {
+        "passage": passage,
+        "prefix": model.to_string(passage_tokens[:prefix_tokens]),
+        "prefix_tokens": prefix_tokens,
+        "continuation": model.to_string(generated),
+        "tokens_copied": int((generated == passage_tokens[prefix_tokens:]).sum()),
+        "tokens_total": n - prefix_tokens,
+        "first_copy_loss": float(loss[:n].mean()),  # predicting the passage's tokens the first time
+        "second_copy_loss": float(loss[n:].mean()),  # ... and again, when they are in the context
+    }
 
 
 def _sae_sections(model, model_name: str, prompt: str) -> list:
@@ -278,10 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("prompt", nargs="?", default=None, help="the text (\\n for newlines; default: a line of Romeo and Juliet)")
         return p
 
-    p = add("demo", cmd_demo, "generate, run the logit lens and head scans, and write an HTML report")
+    p = add("demo", cmd_demo, "generate (greedy and sampled), copy a repeated passage, run the logit lens and head scans, "
+                               "and write an HTML report")
     p.add_argument("--out", default="hookgpt-demo", help="directory for report.html and summary.json (default: hookgpt-demo)")
     p.add_argument("--prompt", default=None, help="the prompt (default: a line of Romeo and Juliet)")
     p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled continuation (default: 0)")
 
     p = add("generate", cmd_generate, "continue a prompt", prompt=True)
     p.add_argument("-n", "--max-new-tokens", type=int, default=40)

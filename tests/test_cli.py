@@ -1,6 +1,7 @@
 """The `hookgpt` command line: every subcommand, on the shipped model and on a tiny random one."""
 
 import json
+import math
 from html.parser import HTMLParser
 import subprocess
 import sys
@@ -104,13 +105,31 @@ def test_demo_writes_report(capsys, tmp_path):
     code, out, _ = run(capsys, "demo", "--out", str(tmp_path / "demo"), "--max-new-tokens", "8")
     assert code == 0
     assert "top induction heads" in out and "greedy continuation" in out
+    assert "sampled continuation" in out and "copied " in out
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["model"] == SHIPPED and summary["loss_on_prompt"] > 0
+    assert isinstance(summary["continuation"], str) and isinstance(summary["sampled_continuation"], str)
+    assert summary["sampling"]["seed"] == 0
+    # copying a repeated passage: only consistency, not how well this model copies (it will be retrained)
+    copy = summary["copy"]
+    assert isinstance(copy["passage"], str) and isinstance(copy["continuation"], str) and copy["passage"]
+    assert isinstance(copy["tokens_copied"], int) and isinstance(copy["tokens_total"], int)
+    assert 0 <= copy["tokens_copied"] <= copy["tokens_total"] and copy["tokens_total"] > 0
+    assert f"copied {copy['tokens_copied']}/{copy['tokens_total']} tokens" in out
+    assert all(math.isfinite(copy[k]) and copy[k] > 0 for k in ("first_copy_loss", "second_copy_loss"))
+    assert copy["second_copy_loss"] < copy["first_copy_loss"]  # the second copy is predictable from the first
     report = (tmp_path / "demo" / "report.html").read_text()
+    assert "sampled continuation" in report and "Copying a repeated passage" in report
     assert report.count("hookgptViews.mount") >= 3 and "plotly" in report.lower()
     assert not external_resources(report)
     # the shipped SAE's features most active on the prompt, as a feature browser
     assert "shipped SAE hookgpt-shakespeare-resid-pre-1" in out and 'mount("FeatureBrowser"' in report
+
+    # the same seed samples the same text in another run
+    code, _, _ = run(capsys, "demo", "--out", str(tmp_path / "again"), "--max-new-tokens", "8", "--seed", "0")
+    assert code == 0
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert again["sampled_continuation"] == summary["sampled_continuation"] and again["copy"] == copy
 
 
 def test_export_then_load(capsys, tmp_path):
