@@ -139,6 +139,15 @@ class Attention(nn.Module):
         """Every hook on the scores and the pattern is a lazy observer (a cache)."""
         return all(hp.only_lazily_observed for hp in (self.hook_attn_scores, self.hook_pattern) if hp.has_hooks)
 
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask) -> Float[Tensor, "batch query_pos n_heads d_head"]:
+        """The fast-path choice: the written-out attention when a hook may edit the scores or the
+        pattern; otherwise the fused kernel (caches on the pattern get it lazily)."""
+        if self.pattern_observed and not self.pattern_only_lazily_observed:
+            return self.explicit_attention(q, k, v, mask)
+        if self.pattern_observed:
+            self.record_pattern_lazily(q, k, mask)
+        return self.fused_attention(q, k, v, mask)
+
     def record_pattern_lazily(self, q: Tensor, k: Tensor, mask: AttentionMask) -> None:
         """Hand the caches on `hook_attn_scores`/`hook_pattern` LazyActivations, computed from
         copies of q and k only if read (a cache's own q and k may be edited in place later).
@@ -171,13 +180,7 @@ class Attention(nn.Module):
         if kv_cache_entry is not None:
             k, v = kv_cache_entry.append(k, v)  # keys/values of all positions, past and new
 
-        if self.pattern_observed and not self.pattern_only_lazily_observed:
-            z = self.explicit_attention(q, k, v, mask)
-        else:
-            if self.pattern_observed:  # only caches listen: the fused kernel runs, the pattern is computed if read
-                self.record_pattern_lazily(q, k, mask)
-            z = self.fused_attention(q, k, v, mask)
-        z = self.hook_z(z)
+        z = self.hook_z(self.attend(q, k, v, mask))
 
         if not only_observed(self.hook_result):
             result = self.hook_result(head_results(z, self.W_O))  # a hook may edit each head's output

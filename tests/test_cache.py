@@ -364,3 +364,18 @@ def test_lazily_cached_scores_and_fused_scale_equal_the_written_out_path():
         torch.testing.assert_close(cache[name], edited[name], rtol=1e-5, atol=1e-6, msg=name)
     for layer in range(CFG.n_layers):  # the recomputed scores are the ones the pattern came from, bit for bit
         assert torch.equal(cache["attn_scores", layer].softmax(dim=-1), cache["pattern", layer])
+
+
+def test_lazy_pattern_ignores_later_edits_of_the_cached_q_and_k():
+    """The lazily computed pattern, scores and head results come from copies: editing the cached
+    q, k or z in place afterwards does not change them."""
+    torch.manual_seed(2)
+    model = HookedGPT(CFG).eval()
+    tokens = torch.randint(0, 200, (2, 10))
+    _, reference = model.run_with_cache(tokens)
+    expected = {name: reference[name].clone() for name in ("blocks.1.attn.hook_pattern", "blocks.1.attn.hook_attn_scores", "blocks.1.attn.hook_result")}
+    _, cache = model.run_with_cache(tokens)
+    for name in ("q", "k", "z"):
+        cache[name, 1].zero_()
+    for name, value in expected.items():
+        assert torch.equal(cache[name], value), name
