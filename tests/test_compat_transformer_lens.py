@@ -1,12 +1,15 @@
 """analyses.compat.transformer_lens: TransformerLens 2.x code, one import line changed, on hookgpt
 (the shipped model and random GPT-2 configs)."""
 
+import json
+
 import pytest
 import torch
 
 from analyses.compat import transformer_lens
 from analyses.compat.transformer_lens import HookedTransformer, HookedTransformerConfig, utils
 from analyses.compat.transformer_lens.past_key_value_caching import HookedTransformerKeyValueCache
+from hookgpt.loading import SHIPPED_DIR
 
 
 @pytest.fixture(scope="module")
@@ -136,14 +139,16 @@ def test_detect_head_scores_like_transformer_lens(model):
     from analyses.compat.transformer_lens.head_detector import HEAD_NAMES, detect_head
 
     text = " one two three four five six seven eight nine ten"
+    prev = json.loads((SHIPPED_DIR / "hookgpt-shakespeare" / "card.json").read_text())["top_heads"]["previous_token"][0]
+    layer, head = prev["layer"], prev["head"]  # the shipped model's previous-token head, from its card
     scores = detect_head(model, text, "previous_token_head")
     _, cache = model.run_with_cache(text, remove_batch_dim=True)
     before = cache["pattern", 0].clone()
-    pattern = cache["pattern", 0][2]
+    pattern = cache["pattern", layer][head]
     target = torch.zeros_like(pattern)
     target[1:, :-1] = torch.eye(pattern.shape[0] - 1)
-    torch.testing.assert_close(scores[0, 2], (pattern * target).sum() / pattern.sum())  # TL's "mul" score
-    assert scores.argmax() == 2  # the shipped model's previous-token head, L0H2
+    torch.testing.assert_close(scores[layer, head], (pattern * target).sum() / pattern.sum())  # TL's "mul" score
+    assert divmod(int(scores.argmax()), model.cfg.n_heads) == (layer, head)  # the detector finds it on this text too
     detect_head(model, text, "previous_token_head", cache=cache, exclude_bos=True)
     assert torch.equal(cache["pattern", 0], before)  # a given cache is never modified
     assert detect_head(model, text, "induction_head", heads=[(1, 0)])[0].eq(-1).all()
