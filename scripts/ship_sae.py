@@ -2,7 +2,7 @@
 
     python scripts/ship_sae.py                 # the one command (resumable: run it again after a stop)
 
-A TopK SAE (k=16, 512 features = 8 x d_model) on `blocks.1.hook_resid_pre` of `hookgpt-shakespeare`,
+A TopK SAE (k=16, 8 x d_model features) on `blocks.1.hook_resid_pre` of `hookgpt-shakespeare`,
 trained on activations streamed from the model over the bundled Shakespeare's training split,
 then evaluated on the held-out split (CE loss recovered with the SAE spliced in). Writes the SAE
 in SAELens's layout plus `card.json` (the numbers the tests check) and `README.md` to
@@ -30,7 +30,8 @@ HOOK = "blocks.1.hook_resid_pre"
 SEQ_LEN = 128
 EVAL_ROWS = 64
 RUN_DIR = ROOT / "runs" / NAME
-SAE_CFG = SAEConfig(d_in=64, d_sae=512, architecture="topk", k=16, hook_name=HOOK, model_name=MODEL,
+D_MODEL = json.loads((ROOT / "hookgpt" / "data" / "models" / MODEL / "config.json").read_text())["d_model"]
+SAE_CFG = SAEConfig(d_in=D_MODEL, d_sae=8 * D_MODEL, architecture="topk", k=16, hook_name=HOOK, model_name=MODEL,
                     context_size=SEQ_LEN, prepend_bos=False, dataset="hookgpt bundled Shakespeare (train split)")
 TRAIN_CFG = SAETrainConfig(out_dir=str(RUN_DIR), steps=3000, batch_size=1024, lr=2e-3, lr_warmup_steps=100,
                            lr_decay_steps=600, dead_steps=300, seed=0, checkpoint_interval=250, b_dec_init_samples=8192)

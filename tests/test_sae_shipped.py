@@ -22,10 +22,10 @@ def sae():
     return SAE.from_pretrained(NAME)
 
 
-def test_listed_small_and_described(sae):
+def test_listed_small_and_described(model, sae):
     assert NAME in list_pretrained_saes()
     assert sum(p.stat().st_size for p in (SHIPPED_SAE_DIR / NAME).iterdir()) < 2 * 2**20
-    assert sae.cfg.d_in == 64 and sae.cfg.hook_name == CARD["hook_name"] == "blocks.1.hook_resid_pre"
+    assert sae.cfg.d_in == model.cfg.d_model and sae.cfg.hook_name == CARD["hook_name"] == "blocks.1.hook_resid_pre"
     assert sae.cfg.to_dict() == CARD["config"]
     assert "python scripts/ship_sae.py" in (SHIPPED_SAE_DIR / NAME / "README.md").read_text()
 
