@@ -54,14 +54,74 @@ def stages(run: Path) -> list[dict]:
         run = run.parent if run.suffix == ".pt" else run
 
 
-def main(run_dir: str) -> None:
+MASK_BIAS = -100.0  # the unembedding bias of every id that never occurs in the corpus
+SEQ_LENS = (20, 40, 60)  # the head targets hold across the context: 1 + 2 * 60 = 121 <= n_ctx
+TARGETS = {"previous_token": 0.6, "induction": 0.5, "second_copy_loss_ratio": 0.5, "val_loss": 5.569}
+
+
+def corpus_ids(data_dir: Path) -> torch.Tensor:
+    """The sorted ids that occur anywhere in the bundled corpus (training and validation split)."""
+    tokens = [torch.from_numpy(load_tokens(data_dir, split).astype("int64")) for split in ("train", "val")]
+    return torch.unique(torch.cat(tokens))
+
+
+def mask_missing_ids(model: HookedGPT, ids: torch.Tensor) -> int:
+    """Set the unembedding bias of every id outside `ids` to MASK_BIAS: their probability is then
+    below e^-80 at every position, so the full 50,257-way softmax equals the one over the
+    corpus's ids that the model was trained with (`restrict_vocab`). Returns how many were masked."""
+    missing = torch.ones(model.cfg.d_vocab_out, dtype=torch.bool)
+    missing[ids] = False
+    with torch.no_grad():
+        model.b_U[missing] = MASK_BIAS
+    return int(missing.sum())
+
+
+def masked_probability(model: HookedGPT, tokens: torch.Tensor, ids: torch.Tensor) -> float:
+    """The largest total probability that the model puts on the masked ids at any position."""
+    with torch.no_grad():
+        log_probs = model(tokens).log_softmax(dim=-1)
+    missing = torch.ones(model.cfg.d_vocab_out, dtype=torch.bool)
+    missing[ids] = False
+    return float(log_probs[..., missing].logsumexp(dim=-1).exp().max())
+
+
+def copy_losses(model: HookedGPT, seq_len: int = 40, batch: int = 8, seed: int = 0) -> dict:
+    """Mean loss on the first and the second copy of `seq_len` repeated random corpus tokens."""
+    tokens = heads.repeated_random_tokens(model, seq_len=seq_len, batch=batch, seed=seed)
+    with torch.no_grad():
+        loss = model(tokens, return_type="loss", loss_per_token=True)  # [batch, 2 * seq_len]; i predicts i + 1
+    first, second = float(loss[:, :seq_len].mean()), float(loss[:, seq_len:].mean())
+    return {"seq_len": seq_len, "batch": batch, "seed": seed, "first_copy_loss": first, "second_copy_loss": second,
+            "ratio": second / first}
+
+
+def scans_by_length(model: HookedGPT) -> dict:
+    """Previous-token and induction scans at each of SEQ_LENS (repeated random corpus tokens)."""
+    found = {}
+    for seq_len in SEQ_LENS:
+        tokens = heads.repeated_random_tokens(model, seq_len=seq_len, batch=8, seed=0)
+        found[str(seq_len)] = {
+            kind: [[round(float(x), 4) for x in row] for row in heads.head_scores(model, tokens, template)]
+            for kind, template in (("previous_token", heads.previous_token_template), ("induction", heads.induction_template))
+        }
+    return found
+
+
+def main(run_dir: str, wall_time: str = "") -> None:
     run = Path(run_dir)
     state = load_checkpoint(run / "ckpt.pt")
     train_cfg = TrainConfig.from_dict(state["train_config"])
-    export_model(run / "ckpt.pt", OUT, dtype="float16")
+    prepare_data(None, run / "data", train_cfg.val_fraction)
+    ids = corpus_ids(run / "data")
+    exported = export_model(run / "ckpt.pt", OUT, dtype="float16")
+    # a model trained with the softmax over the corpus's ids gets the others masked, so that its full
+    # softmax is the one it was trained with; one trained with the full softmax is shipped as it is
+    n_masked = mask_missing_ids(exported, ids) if train_cfg.restrict_vocab else 0
+    exported.save_pretrained(OUT)
     model = HookedGPT.from_pretrained("hookgpt-shakespeare")  # float16 weights, computed in float32
 
     val_loss = held_out_loss(model, train_cfg, run / "data")
+    val = torch.from_numpy(load_tokens(run / "data", "val").astype("int64"))
     scans = {
         "previous_token": heads.previous_token_scores(model),
         "induction": heads.induction_scores(model),
@@ -78,13 +138,21 @@ def main(run_dir: str) -> None:
             "stages": history,
             "steps": sum(stage["steps"] for stage in history),
             "tokens_seen": sum(stage["tokens_seen"] for stage in history),
+            "wall_time": wall_time,
+        },
+        "vocabulary": {
+            "corpus_ids": len(ids), "masked_ids": n_masked, "mask_bias": MASK_BIAS if n_masked else None,
+            "max_masked_probability": masked_probability(model, val[: 8 * 128].reshape(8, 128), ids),
         },
         "evaluation": {
             "val_loss": val_loss,
             "val_loss_definition": "mean next-token cross-entropy (nats, full 50,257-way softmax) of the exported float16 "
             "weights on the trainer's 8 fixed validation batches (seq_len tokens each) from the held-out last 5% of every play",
+            "copy": copy_losses(model),
+            "targets": TARGETS,
         },
         "head_scans": {kind: [[round(float(x), 4) for x in row] for row in s] for kind, s in scans.items()},
+        "head_scans_by_length": scans_by_length(model),
         "top_heads": {kind: heads.top_heads(s, k=3, kind=kind).to_dict(orient="records") for kind, s in scans.items()},
     }
     (OUT / "card.json").write_text(json.dumps(card, indent=2) + "\n")
@@ -103,19 +171,41 @@ def mechanisms(card: dict) -> str:
     return text
 
 
+SOFTMAX_LEVER_MASKED = """  - **a softmax over the corpus's ids** (`restrict_vocab`): the training softmax runs over the {v[corpus_ids]:,} ids
+    that occur in the corpus instead of all 50,257 (the unembedding is most of a small model's cost). The model keeps
+    d_vocab 50,257 and the GPT-2 tokenizer: at export the unembedding bias of the {v[masked_ids]:,} ids that never
+    occur in the corpus is set to {v[mask_bias]:g}, so the full softmax equals the restricted one it was trained with
+    (the most probability the exported model puts on those ids at any of 1,024 validation positions:
+    {v[max_masked_probability]:.1e}). `analyses.heads.repeated_random_tokens` therefore draws from the other ids
+    (`predictable_token_ids`). Generation never produces a masked id.
+"""
+SOFTMAX_LEVER_FULL = """  - **the full softmax** in the Shakespeare stage (a softmax over the corpus's ids alone would leave the other ids
+    their probability: without masking them at export, the full softmax would not be the trained one).
+"""
+
+
 def model_card_markdown(card: dict) -> str:
     t, cfg = card["training"], card["config"]
 
     def stage_line(i: int, stage: dict) -> str:
         tc = stage["train_config"]
-        softmax = "softmax restricted to the corpus's ids" if tc.get("restrict_vocab") else "full softmax"
-        rows = f"{softmax}, {tc['repeat_fraction']:.0%} repeated rows ({tc.get('repeat_corpus_fraction', 0.5):.0%} of them corpus spans), periods {tc['repeat_min_period']}–{tc['repeat_max_period']}"
+        softmax = ("softmax over the batch's target ids" if tc.get("restrict_vocab_to_batch")
+                   else "softmax restricted to the corpus's ids" if tc.get("restrict_vocab") else "full softmax")
+        units = "random corpus ids" if tc.get("repeat_from_data") else "random ids"
+        rows = (f"{softmax}, {tc['repeat_fraction']:.0%} repeated rows ({tc.get('repeat_corpus_fraction', 0.5):.0%} of them corpus spans, "
+                f"the others {units}), periods {tc['repeat_min_period']}–{tc['repeat_max_period']}")
         return (f"- Stage {i + 1} (`{stage['run']}`): {stage['steps']:,} steps of {tc['batch_size']} × {tc['seq_len']} tokens "
                 f"({stage['tokens_seen']:,} tokens), {rows}; AdamW lr {tc['lr']} → {tc['min_lr']}, {tc['warmup_steps']} warmup steps, "
                 f"cosine decay, weight decay {tc['weight_decay']} on matrices only, clipping {tc['grad_clip']}, seed {tc['seed']}; "
                 f"final training loss {stage['final_train_loss']:.3f}.")
 
     stage_lines = "\n".join(stage_line(i, stage) for i, stage in enumerate(t["stages"]))
+    v, e = card["vocabulary"], card["evaluation"]
+    by_length = "\n".join(
+        f"| {n} | {max(map(max, s['previous_token'])):.2f} | {max(map(max, s['induction'])):.2f} |"
+        for n, s in card["head_scans_by_length"].items())
+    copy = e["copy"]
+    softmax_lever = SOFTMAX_LEVER_MASKED.format(v=v) if v["masked_ids"] else SOFTMAX_LEVER_FULL
 
     def table(kind: str) -> str:
         scores = card["head_scans"][kind]
@@ -146,23 +236,27 @@ The last 5% of every play is held out for validation.
 
 {stage_lines}
 - In all: {t['steps']:,} steps, {t['tokens_seen']:,} tokens.
+- Wall time: {t.get('wall_time') or 'not recorded'}.
 - Levers for a 2-core CPU (documented in `hookgpt/train.py` and `hookgpt/datasets.py`):
-  - **restricted softmax** (`restrict_vocab`, stage 1 only): the training softmax runs over the ~19k token ids
-    that occur in the corpus plus those in the batch; the model keeps the full 50,257-token unembedding, and
-    every loss reported here uses the full softmax. Stage 2 trains with the full softmax, because a restricted
-    one never pushes down the ids outside its set: after stage 1's random ids from the whole vocabulary, a
-    restricted stage 2 left 73% of the probability on ids that never occur in Shakespeare (on 16 × 128
-    validation tokens: 7.31 nats with the full softmax, 5.66 over the corpus's ids).
-  - **repeated sequences** (`repeat_fraction`): rows that repeat a unit (random ids over the whole vocabulary,
-    or for `repeat_corpus_fraction` of them a corpus span) to fill the row, with a random period so no
-    positional shortcut works.
+{softmax_lever}  - **repeated sequences** (`repeat_fraction`): rows that repeat a unit (random corpus ids, `repeat_from_data`, or for
+    `repeat_corpus_fraction` of them a corpus span) to fill the row, with a random period so no positional shortcut
+    works: the only way to predict the second copy is induction.
   - **a short-context warm-up** (stage 1): the time an induction head takes to form grows about quadratically with
-    the context length, so stage 1 trains on 64-token rows of repeated random tokens only, and stage 2
-    (`init_from` stage 1) trains on Shakespeare at the full context.
+    the context length, so stage 1 trains on 64-token rows of repeated random ids only, and stage 2
+    (`init_from` stage 1) trains on Shakespeare and repeated rows at the full context.
 
 ## Evaluation
 - Validation loss: **{card['evaluation']['val_loss']:.3f}** nats/token — {card['evaluation']['val_loss_definition']}.
-- Head scans (`analyses.heads`; induction on repeated random tokens):
+- Copying: on {copy['seq_len']} repeated random corpus tokens ({copy['batch']} rows, seed {copy['seed']}), the mean loss on the first copy is
+  {copy['first_copy_loss']:.2f} nats/token and on the second {copy['second_copy_loss']:.2f} ({copy['ratio']:.2f}x the first; target <= 0.5x).
+- The best previous-token and induction head scores across the context (repeated random corpus tokens of each length,
+  8 rows, seed 0; targets >= 0.6 and >= 0.5):
+
+| random tokens per copy | previous-token | induction |
+|---|---|---|
+{by_length}
+
+- Head scans (`analyses.heads` defaults: 20 repeated random corpus tokens, 8 rows, seed 0):
   - previous-token: {top['previous_token']}
   - induction: {top['induction']}
   - duplicate-token: {top['duplicate_token']}
@@ -183,4 +277,10 @@ Induction scores:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/hookgpt-shakespeare")
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Export, measure and ship hookgpt-shakespeare.")
+    parser.add_argument("run_dir", nargs="?", default="runs/hookgpt-shakespeare")
+    parser.add_argument("--wall-time", default="", help="how long the training took, for the card (e.g. '78 min on 2 cores')")
+    args = parser.parse_args()
+    main(args.run_dir, args.wall_time)
