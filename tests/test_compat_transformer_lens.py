@@ -190,3 +190,15 @@ def test_random_configs_compute_hookgpt_s_function(seed):
     assert mask is None and torch.equal(toks, tokens)
     torch.testing.assert_close(tl_model(resid, start_at_layer=0), reference(tokens))
     torch.testing.assert_close(tl_model(tokens, stop_at_layer=n_layers), ref_cache["resid_post", -1], atol=1e-5, rtol=0)
+
+
+def test_cache_dict_holds_tensors_as_in_transformer_lens(model):
+    """hookgpt computes a cache's patterns lazily; TL code that reads cache.cache_dict directly
+    still finds tensors, equal to what a hook sees in the forward pass."""
+    tokens = model.to_tokens("To be, or not to be, that is the question")
+    seen = {}
+    model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", lambda x, hook: seen.setdefault("p", x.clone()))])
+    _, cache = model.run_with_cache(tokens)
+    assert all(isinstance(value, torch.Tensor) for value in cache.cache_dict.values())
+    torch.testing.assert_close(cache.cache_dict["blocks.1.attn.hook_pattern"], seen["p"], atol=1e-6, rtol=0)
+    assert torch.equal(cache["pattern", 1], cache.cache_dict["blocks.1.attn.hook_pattern"])
