@@ -202,13 +202,7 @@ class Attention(nn.Module):
         """Attention written out: scores, mask, softmax, weighted sum of values."""
         if mask is None:
             mask = causal_mask(q.shape[1], k.shape[1], q.device)
-        attn_scores = self.attention_scores(q, k, mask)
-        if self.hook_attn_scores.only_lazily_observed:
-            # Only caches listen: they get the scores as a LazyActivation, recomputed (bit for bit)
-            # from q and k if read, so this [batch, n_heads, pos, pos] tensor is not kept alive.
-            self.hook_attn_scores.record_lazily(self.attention_scores, q.detach().clone(), k.detach().clone(), mask)
-        else:
-            attn_scores = self.hook_attn_scores(attn_scores)
+        attn_scores = self.hook_attn_scores(self.attention_scores(q, k, mask))
         pattern = attn_scores.softmax(dim=-1)
         if not self.hook_attn_scores.only_observed:
             # a hook may have masked a whole row to -inf, which has no softmax (NaN): that query
