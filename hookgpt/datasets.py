@@ -270,8 +270,10 @@ class RepeatedSequences(TextTokens):
             raise TrainingError(f"repeat periods must satisfy 1 <= repeat_min_period <= repeat_max_period, got {min_period}, {max_period}")
         self.repeat_fraction, self.corpus_fraction = repeat_fraction, corpus_fraction
         self.min_period, self.max_period, self.vocab_size = min_period, max_period, vocab_size
-        ids = self.vocab_ids() if from_data else None
-        self.unit_ids = ids[ids != EOT] if from_data else None
+        self.unit_ids = None  # with from_data: the ids random units draw from
+        if from_data:
+            ids = self.vocab_ids()
+            self.unit_ids = ids[ids != EOT]
 
     def global_batch(self, step: int) -> Batch:
         rng = np.random.default_rng([self.seed, 0, step])
