@@ -107,6 +107,7 @@ class TrainConfig:
     data_dir: Optional[str] = None  # where token files go (default: out_dir/data)
     model: dict = field(default_factory=dict)  # GPTConfig fields over DEFAULT_MODEL (or over init_from's config)
     init_from: Optional[str] = None  # start from these weights: a trainer checkpoint, or a from_pretrained name/dir
+    pos_init: str = "normal"  # W_pos at a fresh init: "normal" (GPT-2's N(0, init_range)) or "sinusoidal" (see sinusoidal_positions)
     seq_len: int = 256  # text kinds; an algorithmic table fixes its own
     batch_size: int = 16  # rows per optimizer step (global, over all ranks and micro-steps); algorithmic: 0 = full batch
     grad_accum: int = 1
@@ -268,6 +269,28 @@ class LanguageModelLoss(nn.Module):
             logits = normalized[0] @ model.W_U[:, ids] + model.b_U[ids]  # [n_targets, n_ids]
             targets = torch.searchsorted(ids, targets.contiguous())
         return F.cross_entropy(logits, targets)
+
+
+POS_INITS = ("normal", "sinusoidal")
+
+
+def sinusoidal_positions(n_ctx: int, d_model: int, init_range: float = 0.02) -> torch.Tensor:
+    """`[n_ctx, d_model]` positional embeddings laid out as Vaswani et al.'s sinusoids: coordinates
+    2i and 2i+1 of position p are sin and cos of p / 10000^(2i / d_model). Scaled so that the
+    table's RMS is `init_range` (each sin/cos pair has norm init_range * sqrt(2) at every position),
+    the same size as GPT-2's N(0, init_range) init.
+
+    Used as an init only (`pos_init="sinusoidal"`); W_pos stays learned. Every offset between two
+    positions is then a fixed rotation of each coordinate pair, the same at every position, so a
+    head that learns to attend one position back (a previous-token head) does it across the whole
+    context at once, also at positions the training rows never reach. From a random init it is
+    learned position by position, from the start of the context outwards."""
+    position = torch.arange(n_ctx, dtype=torch.float64)[:, None]
+    frequency = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    table = torch.zeros(n_ctx, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)[:, : d_model // 2]
+    return (table * init_range * math.sqrt(2)).float()
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -580,6 +603,11 @@ def _validate(cfg: TrainConfig, model_cfg: GPTConfig, world_size: int) -> None:
         raise TrainingError(f"repeat_vocab_size must be in [2, {EOT}], got {cfg.repeat_vocab_size}")
     if cfg.restrict_vocab_to_batch and cfg.restrict_vocab:
         raise TrainingError("restrict_vocab (the data's ids) and restrict_vocab_to_batch (the batch's ids) exclude each other")
+    if cfg.pos_init not in POS_INITS:
+        raise TrainingError(f"pos_init must be one of {POS_INITS}, got {cfg.pos_init!r}")
+    if cfg.pos_init != "normal" and cfg.init_from is not None:
+        raise TrainingError(f"pos_init={cfg.pos_init!r} initialises W_pos of a fresh model; init_from={cfg.init_from!r} "
+                            "brings its own weights")
     if cfg.repeat_from_data and cfg.repeat_vocab_size is not None:
         raise TrainingError("repeat_from_data draws from the training split's ids; it cannot be combined with repeat_vocab_size")
     if not 0 <= cfg.val_fraction < 1:
@@ -657,6 +685,9 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device, info: DistInfo,
     model = HookedGPT(model_cfg).to(device)
     if init_weights is not None:
         model.load_state_dict(init_weights)
+    elif cfg.pos_init == "sinusoidal":  # (on resume the checkpoint's weights replace it)
+        with torch.no_grad():
+            model.W_pos.copy_(sinusoidal_positions(model_cfg.n_ctx, model_cfg.d_model, model_cfg.init_range))
     freeze_parameters(model, cfg.freeze)
     if cfg.restrict_vocab_to_batch:  # no fixed ids: softmax_ids() is then the global batch's targets
         vocab_ids = torch.empty(0, dtype=torch.long, device=device)
@@ -883,6 +914,8 @@ def build_arg_parser():
                        "--" + n.replace("_", "-") for n in SAFE_ON_RESUME if n != "model") + " (--max-steps may grow)")
     p.add_argument("--init-from", dest="init_from", help="start from these weights instead of a random init: a trainer "
                    "checkpoint (or run directory), a shipped model name, or a model directory (fine-tuning)")
+    p.add_argument("--pos-init", dest="pos_init", choices=POS_INITS, help="W_pos of a fresh model: normal (GPT-2's init, the "
+                   "default) or sinusoidal (sinusoids of init_range's size; a previous-token head then holds at every position)")
     for name, typ in (("max_steps", int), ("batch_size", int), ("seq_len", int), ("grad_accum", int), ("lr", float),
                       ("min_lr", float), ("warmup_steps", int), ("weight_decay", float), ("grad_clip", float), ("seed", int),
                       ("eval_interval", int), ("eval_batches", int), ("checkpoint_interval", int), ("snapshot_interval", int),

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from hookgpt.config import GPTConfig
@@ -34,14 +35,16 @@ from hookgpt.train import (
     TrainingError,
     build_arg_parser,
     config_from_args,
-    make_dataset,
+    list_snapshots,
     load_checkpoint,
     load_tokens,
     lr_at,
     main,
+    make_dataset,
     make_optimizer,
     prepare_data,
     read_log,
+    sinusoidal_positions,
     train,
 )
 
@@ -563,6 +566,35 @@ def test_softmax_restricted_to_the_batch(tmp_path, corpus):
     assert summary["steps"] == 4 and math.isfinite(summary["final_train_loss"])
     with pytest.raises(TrainingError, match="exclude each other"):
         train(tiny_config(tmp_path / "both", corpus, restrict_vocab=True, restrict_vocab_to_batch=True))
+
+
+def test_sinusoidal_positions_are_the_same_rotation_at_every_position():
+    """Vaswani et al.'s table at init_range's size: the Gram matrix depends only on the offset
+    (so a head that attends one position back does so everywhere), and the values are known."""
+    table = sinusoidal_positions(128, 64, init_range=0.02)
+    assert table.shape == (128, 64)
+    assert float(table.pow(2).mean().sqrt()) == pytest.approx(0.02, rel=1e-6)
+    scale = 0.02 * math.sqrt(2)
+    assert torch.allclose(table[0, 0::2], torch.zeros(32)) and torch.allclose(table[0, 1::2], torch.full((32,), scale))
+    assert table[3, 2] == pytest.approx(scale * math.sin(3 / 10000 ** (2 / 64)), rel=1e-5)
+    gram = table.double() @ table.double().T
+    assert torch.allclose(gram[1:, 1:], gram[:-1, :-1], atol=1e-9)  # Toeplitz: <P[i], P[j]> is a function of i - j
+    assert not torch.allclose(gram[0, 1], gram[0, 2])
+    assert sinusoidal_positions(10, 7).shape == (10, 7)  # odd widths: the last coordinate is a sine
+
+
+def test_pos_init_sinusoidal_sets_the_initial_positions(tmp_path, corpus):
+    cfg = tiny_config(tmp_path / "run", corpus, pos_init="sinusoidal", max_steps=1, snapshot_interval=1)
+    train(cfg)
+    step, path = list_snapshots(tmp_path / "run")[0]
+    initial = safetensors.torch.load_file(str(path))
+    assert step == 0
+    expected = sinusoidal_positions(TINY_MODEL["n_ctx"], TINY_MODEL["d_model"], GPTConfig(**TINY_MODEL).init_range)
+    torch.testing.assert_close(initial["pos_embed.W_pos"], expected)
+    with pytest.raises(TrainingError, match="pos_init must be one of"):
+        train(tiny_config(tmp_path / "bad", corpus, pos_init="rotary"))
+    with pytest.raises(TrainingError, match="pos_init='sinusoidal' initialises W_pos of a fresh model"):
+        train(tiny_config(tmp_path / "both", corpus, pos_init="sinusoidal", init_from=str(tmp_path / "run")))
 
 
 # =============================================================================================
