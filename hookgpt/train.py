@@ -108,6 +108,7 @@ class TrainConfig:
     model: dict = field(default_factory=dict)  # GPTConfig fields over DEFAULT_MODEL (or over init_from's config)
     init_from: Optional[str] = None  # start from these weights: a trainer checkpoint, or a from_pretrained name/dir
     pos_init: str = "normal"  # W_pos at a fresh init: "normal" (GPT-2's N(0, init_range)) or "sinusoidal" (see sinusoidal_positions)
+    pos_init_std: Optional[float] = None  # the RMS of that initial W_pos (None: the model's init_range)
     seq_len: int = 256  # text kinds; an algorithmic table fixes its own
     batch_size: int = 16  # rows per optimizer step (global, over all ranks and micro-steps); algorithmic: 0 = full batch
     grad_accum: int = 1
@@ -280,7 +281,8 @@ def sinusoidal_positions(n_ctx: int, d_model: int, init_range: float = 0.02) -> 
     table's RMS is `init_range` (each sin/cos pair has norm init_range * sqrt(2) at every position),
     the same size as GPT-2's N(0, init_range) init.
 
-    Used as an init only (`pos_init="sinusoidal"`); W_pos stays learned. Every offset between two
+    Used as an init only (`pos_init="sinusoidal"`); W_pos stays learned unless the run freezes it
+    (`freeze=["pos_embed.W_pos"]`, the original Transformer's fixed positions). Every offset between two
     positions is then a fixed rotation of each coordinate pair, the same at every position, so a
     head that learns to attend one position back (a previous-token head) does it across the whole
     context at once, also at positions the training rows never reach. From a random init it is
@@ -605,9 +607,11 @@ def _validate(cfg: TrainConfig, model_cfg: GPTConfig, world_size: int) -> None:
         raise TrainingError("restrict_vocab (the data's ids) and restrict_vocab_to_batch (the batch's ids) exclude each other")
     if cfg.pos_init not in POS_INITS:
         raise TrainingError(f"pos_init must be one of {POS_INITS}, got {cfg.pos_init!r}")
-    if cfg.pos_init != "normal" and cfg.init_from is not None:
-        raise TrainingError(f"pos_init={cfg.pos_init!r} initialises W_pos of a fresh model; init_from={cfg.init_from!r} "
-                            "brings its own weights")
+    if cfg.pos_init_std is not None and not cfg.pos_init_std > 0:
+        raise TrainingError(f"pos_init_std must be positive (or null), got {cfg.pos_init_std}")
+    if (cfg.pos_init != "normal" or cfg.pos_init_std is not None) and cfg.init_from is not None:
+        raise TrainingError(f"pos_init={cfg.pos_init!r} and pos_init_std={cfg.pos_init_std} initialise W_pos of a fresh "
+                            f"model; init_from={cfg.init_from!r} brings its own weights")
     if cfg.repeat_from_data and cfg.repeat_vocab_size is not None:
         raise TrainingError("repeat_from_data draws from the training split's ids; it cannot be combined with repeat_vocab_size")
     if not 0 <= cfg.val_fraction < 1:
@@ -685,9 +689,13 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device, info: DistInfo,
     model = HookedGPT(model_cfg).to(device)
     if init_weights is not None:
         model.load_state_dict(init_weights)
-    elif cfg.pos_init == "sinusoidal":  # (on resume the checkpoint's weights replace it)
+    else:  # a fresh init (on resume the checkpoint's weights replace it)
+        std = model_cfg.init_range if cfg.pos_init_std is None else cfg.pos_init_std
         with torch.no_grad():
-            model.W_pos.copy_(sinusoidal_positions(model_cfg.n_ctx, model_cfg.d_model, model_cfg.init_range))
+            if cfg.pos_init == "sinusoidal":
+                model.W_pos.copy_(sinusoidal_positions(model_cfg.n_ctx, model_cfg.d_model, std))
+            elif cfg.pos_init_std is not None:
+                model.W_pos.normal_(0.0, std)
     freeze_parameters(model, cfg.freeze)
     if cfg.restrict_vocab_to_batch:  # no fixed ids: softmax_ids() is then the global batch's targets
         vocab_ids = torch.empty(0, dtype=torch.long, device=device)
@@ -919,7 +927,7 @@ def build_arg_parser():
     for name, typ in (("max_steps", int), ("batch_size", int), ("seq_len", int), ("grad_accum", int), ("lr", float),
                       ("min_lr", float), ("warmup_steps", int), ("weight_decay", float), ("grad_clip", float), ("seed", int),
                       ("eval_interval", int), ("eval_batches", int), ("checkpoint_interval", int), ("snapshot_interval", int),
-                      ("repeat_fraction", float),
+                      ("pos_init_std", float), ("repeat_fraction", float),
                       ("repeat_corpus_fraction", float), ("repeat_min_period", int), ("repeat_max_period", int),
                       ("repeat_vocab_size", int),
                       ("log_interval", int), ("val_fraction", float), ("data_dir", str), ("autocast_dtype", str),

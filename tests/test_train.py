@@ -583,17 +583,25 @@ def test_sinusoidal_positions_are_the_same_rotation_at_every_position():
     assert sinusoidal_positions(10, 7).shape == (10, 7)  # odd widths: the last coordinate is a sine
 
 
-def test_pos_init_sinusoidal_sets_the_initial_positions(tmp_path, corpus):
-    cfg = tiny_config(tmp_path / "run", corpus, pos_init="sinusoidal", max_steps=1, snapshot_interval=1)
-    train(cfg)
-    step, path = list_snapshots(tmp_path / "run")[0]
-    initial = safetensors.torch.load_file(str(path))
+def initial_positions(run_dir) -> torch.Tensor:
+    step, path = list_snapshots(run_dir)[0]
     assert step == 0
+    return safetensors.torch.load_file(str(path))["pos_embed.W_pos"]
+
+
+def test_pos_init_sets_the_initial_positions(tmp_path, corpus):
+    train(tiny_config(tmp_path / "run", corpus, pos_init="sinusoidal", max_steps=1, snapshot_interval=1))
     expected = sinusoidal_positions(TINY_MODEL["n_ctx"], TINY_MODEL["d_model"], GPTConfig(**TINY_MODEL).init_range)
-    torch.testing.assert_close(initial["pos_embed.W_pos"], expected)
+    torch.testing.assert_close(initial_positions(tmp_path / "run"), expected)
+    train(tiny_config(tmp_path / "wide", corpus, pos_init="sinusoidal", pos_init_std=0.1, max_steps=1, snapshot_interval=1))
+    torch.testing.assert_close(initial_positions(tmp_path / "wide"), expected * 5)
+    train(tiny_config(tmp_path / "normal", corpus, pos_init_std=0.5, max_steps=1, snapshot_interval=1))
+    assert float(initial_positions(tmp_path / "normal").std()) == pytest.approx(0.5, rel=0.1)
+    with pytest.raises(TrainingError, match="pos_init_std must be positive"):
+        train(tiny_config(tmp_path / "negative", corpus, pos_init_std=-1.0))
     with pytest.raises(TrainingError, match="pos_init must be one of"):
         train(tiny_config(tmp_path / "bad", corpus, pos_init="rotary"))
-    with pytest.raises(TrainingError, match="pos_init='sinusoidal' initialises W_pos of a fresh model"):
+    with pytest.raises(TrainingError, match="initialise W_pos of a fresh model; init_from"):
         train(tiny_config(tmp_path / "both", corpus, pos_init="sinusoidal", init_from=str(tmp_path / "run")))
 
 
