@@ -107,7 +107,7 @@ class TrainConfig:
     data_dir: Optional[str] = None  # where token files go (default: out_dir/data)
     model: dict = field(default_factory=dict)  # GPTConfig fields over DEFAULT_MODEL (or over init_from's config)
     init_from: Optional[str] = None  # start from these weights: a trainer checkpoint, or a from_pretrained name/dir
-    pos_init: str = "normal"  # W_pos at a fresh init: "normal" (GPT-2's N(0, init_range)) or "sinusoidal" (see sinusoidal_positions)
+    pos_init: str = "normal"  # W_pos at a fresh init: "normal" (GPT-2's N(0, init_range)), "sinusoidal" or "fourier" (sinusoidal_positions)
     pos_init_std: Optional[float] = None  # the RMS of that initial W_pos (None: the model's init_range)
     seq_len: int = 256  # text kinds; an algorithmic table fixes its own
     batch_size: int = 16  # rows per optimizer step (global, over all ranks and micro-steps); algorithmic: 0 = full batch
@@ -272,23 +272,36 @@ class LanguageModelLoss(nn.Module):
         return F.cross_entropy(logits, targets)
 
 
-POS_INITS = ("normal", "sinusoidal")
+POS_INITS = ("normal", "sinusoidal", "fourier")
 
 
-def sinusoidal_positions(n_ctx: int, d_model: int, init_range: float = 0.02) -> torch.Tensor:
-    """`[n_ctx, d_model]` positional embeddings laid out as Vaswani et al.'s sinusoids: coordinates
-    2i and 2i+1 of position p are sin and cos of p / 10000^(2i / d_model). Scaled so that the
-    table's RMS is `init_range` (each sin/cos pair has norm init_range * sqrt(2) at every position),
-    the same size as GPT-2's N(0, init_range) init.
+def sinusoidal_positions(n_ctx: int, d_model: int, init_range: float = 0.02, spacing: str = "geometric") -> torch.Tensor:
+    """`[n_ctx, d_model]` positional embeddings made of sinusoids: coordinates 2i and 2i+1 of
+    position p are sin and cos of p * w_i. Scaled so that the table's RMS is `init_range` (each
+    sin/cos pair has norm init_range * sqrt(2) at every position), the size of GPT-2's init.
 
-    Used as an init only (`pos_init="sinusoidal"`); W_pos stays learned unless the run freezes it
-    (`freeze=["pos_embed.W_pos"]`, the original Transformer's fixed positions). Every offset between two
-    positions is then a fixed rotation of each coordinate pair, the same at every position, so a
-    head that learns to attend one position back (a previous-token head) does it across the whole
-    context at once, also at positions the training rows never reach. From a random init it is
-    learned position by position, from the start of the context outwards."""
+    - `spacing="geometric"` (`pos_init="sinusoidal"`): Vaswani et al.'s w_i = 10000^(-2i / d_model).
+      Most of these frequencies are low: neighbouring positions differ in a few coordinates only.
+    - `spacing="uniform"` (`pos_init="fourier"`): w_i = pi * (i + 1/2) / (d_model / 2), spread evenly
+      over (0, pi), a Fourier basis of the positions. Summed over the pairs, cos(w_i * d) is a
+      sharp peak at offset d = 0 (and negative at d = n_pairs * 2), so a head can single out one
+      offset, e.g. the previous token, with small weights.
+
+    Either way an offset between two positions is a fixed rotation of each pair, the same at
+    every position, so a head that learns to attend one position back does it across the whole
+    context at once, also at positions the training rows never reach, as long as W_pos keeps
+    its shape (`freeze=["pos_embed.W_pos"]` keeps it fixed, as the original Transformer's). A
+    learned W_pos from a random init learns such a head position by position, from the start of
+    the context outwards. Used as an init only; W_pos stays a parameter."""
+    n_pairs = (d_model + 1) // 2
+    index = torch.arange(n_pairs, dtype=torch.float64)
+    if spacing == "geometric":
+        frequency = 10000.0 ** (-2 * index / d_model)
+    elif spacing == "uniform":
+        frequency = math.pi * (index + 0.5) / n_pairs
+    else:
+        raise ValueError(f"spacing must be 'geometric' or 'uniform', got {spacing!r}")
     position = torch.arange(n_ctx, dtype=torch.float64)[:, None]
-    frequency = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
     table = torch.zeros(n_ctx, d_model, dtype=torch.float64)
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency)[:, : d_model // 2]
@@ -692,8 +705,9 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device, info: DistInfo,
     else:  # a fresh init (on resume the checkpoint's weights replace it)
         std = model_cfg.init_range if cfg.pos_init_std is None else cfg.pos_init_std
         with torch.no_grad():
-            if cfg.pos_init == "sinusoidal":
-                model.W_pos.copy_(sinusoidal_positions(model_cfg.n_ctx, model_cfg.d_model, std))
+            if cfg.pos_init in ("sinusoidal", "fourier"):
+                spacing = "geometric" if cfg.pos_init == "sinusoidal" else "uniform"
+                model.W_pos.copy_(sinusoidal_positions(model_cfg.n_ctx, model_cfg.d_model, std, spacing))
             elif cfg.pos_init_std is not None:
                 model.W_pos.normal_(0.0, std)
     freeze_parameters(model, cfg.freeze)
@@ -923,7 +937,8 @@ def build_arg_parser():
     p.add_argument("--init-from", dest="init_from", help="start from these weights instead of a random init: a trainer "
                    "checkpoint (or run directory), a shipped model name, or a model directory (fine-tuning)")
     p.add_argument("--pos-init", dest="pos_init", choices=POS_INITS, help="W_pos of a fresh model: normal (GPT-2's init, the "
-                   "default) or sinusoidal (sinusoids of init_range's size; a previous-token head then holds at every position)")
+                   "default), sinusoidal (Vaswani et al.'s sinusoids) or fourier (sinusoids of frequencies spread evenly over "
+                   "(0, pi)); a head attending one position back then does so at every position")
     for name, typ in (("max_steps", int), ("batch_size", int), ("seq_len", int), ("grad_accum", int), ("lr", float),
                       ("min_lr", float), ("warmup_steps", int), ("weight_decay", float), ("grad_clip", float), ("seed", int),
                       ("eval_interval", int), ("eval_batches", int), ("checkpoint_interval", int), ("snapshot_interval", int),

@@ -581,6 +581,14 @@ def test_sinusoidal_positions_are_the_same_rotation_at_every_position():
     assert torch.allclose(gram[1:, 1:], gram[:-1, :-1], atol=1e-9)  # Toeplitz: <P[i], P[j]> is a function of i - j
     assert not torch.allclose(gram[0, 1], gram[0, 2])
     assert sinusoidal_positions(10, 7).shape == (10, 7)  # odd widths: the last coordinate is a sine
+    # uniform spacing (pos_init="fourier"): positions closer than 2 * n_pairs = 64 apart are orthogonal
+    fourier = sinusoidal_positions(128, 64, init_range=0.02, spacing="uniform").double()
+    gram = fourier @ fourier.T
+    offset = torch.arange(128)[:, None] - torch.arange(128)[None, :]
+    near = offset.abs() < 64
+    torch.testing.assert_close(gram[near], torch.where(offset[near] == 0, 64 * 0.02**2, 0.0).double(), atol=1e-8, rtol=0)
+    with pytest.raises(ValueError, match="spacing"):
+        sinusoidal_positions(8, 8, spacing="linear")
 
 
 def initial_positions(run_dir) -> torch.Tensor:
@@ -597,6 +605,9 @@ def test_pos_init_sets_the_initial_positions(tmp_path, corpus):
     torch.testing.assert_close(initial_positions(tmp_path / "wide"), expected * 5)
     train(tiny_config(tmp_path / "normal", corpus, pos_init_std=0.5, max_steps=1, snapshot_interval=1))
     assert float(initial_positions(tmp_path / "normal").std()) == pytest.approx(0.5, rel=0.1)
+    train(tiny_config(tmp_path / "fourier", corpus, pos_init="fourier", max_steps=1, snapshot_interval=1))
+    torch.testing.assert_close(initial_positions(tmp_path / "fourier"),
+                               sinusoidal_positions(TINY_MODEL["n_ctx"], TINY_MODEL["d_model"], 0.02, "uniform"))
     with pytest.raises(TrainingError, match="pos_init_std must be positive"):
         train(tiny_config(tmp_path / "negative", corpus, pos_init_std=-1.0))
     with pytest.raises(TrainingError, match="pos_init must be one of"):
