@@ -41,6 +41,7 @@ BUNDLED_CORPUS = Path(__file__).parent / "data" / "corpus" / "shakespeare.txt.gz
 EOT = 50256
 IGNORE = -100  # a target that carries no loss (F.cross_entropy's ignore_index)
 KINDS = ("text", "repeated", "algorithmic")
+REPEAT_LAYOUTS = ("fill", "two_copies")
 
 
 class TrainingError(ValueError):
@@ -251,14 +252,23 @@ class RepeatedSequences(TextTokens):
     no embedding outside them is trained). Random periods leave no positional
     shortcut, so the only way to predict the second copy is to look back one period: induction.
     Validation batches are plain text.
+
+    `layout` places the unit: "fill" repeats it from the row's start to its end; "two_copies" puts
+    exactly two copies at a random offset inside the row (uniform over the offsets that fit), the
+    rest of the row being its text window. With "fill" the first copy always lies in the first
+    `max_period` positions, so an induction head never needs a key (a previous-token head) beyond
+    them; with "two_copies" every position is sometimes the first copy, as in
+    `analyses.heads.repeated_random_tokens`.
     """
 
     kind = "repeated"
 
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, seq_len: int, batch_size: int, seed: int = 0, *,
                  repeat_fraction: float, corpus_fraction: float = 0.5, min_period: int = 8, max_period: int = 96,
-                 vocab_size: Optional[int] = None, from_data: bool = False):
+                 vocab_size: Optional[int] = None, from_data: bool = False, layout: str = "fill"):
         super().__init__(train_tokens, val_tokens, seq_len, batch_size, seed)
+        if layout not in REPEAT_LAYOUTS:
+            raise TrainingError(f"repeat_layout must be one of {REPEAT_LAYOUTS}, got {layout!r}")
         if from_data and vocab_size is not None:
             raise TrainingError("repeat_from_data draws from the training split's ids; it cannot be combined with repeat_vocab_size")
         for name, value in (("repeat_fraction", repeat_fraction), ("repeat_corpus_fraction", corpus_fraction)):
@@ -270,6 +280,7 @@ class RepeatedSequences(TextTokens):
             raise TrainingError(f"repeat periods must satisfy 1 <= repeat_min_period <= repeat_max_period, got {min_period}, {max_period}")
         self.repeat_fraction, self.corpus_fraction = repeat_fraction, corpus_fraction
         self.min_period, self.max_period, self.vocab_size = min_period, max_period, vocab_size
+        self.layout = layout
         self.unit_ids = None  # with from_data: the ids random units draw from
         if from_data:
             ids = self.vocab_ids()
@@ -286,10 +297,17 @@ class RepeatedSequences(TextTokens):
             vocab = self.unit_ids[rng.integers(0, len(self.unit_ids), size=(n, seq_len))]
         periods = rng.integers(self.min_period, self.max_period + 1, size=n)
         use_corpus_span = rng.random(n) < self.corpus_fraction
+        where = rng.random(n) if self.layout == "two_copies" else None  # drawn only then: "fill" batches stay as they were
         for i in np.nonzero(repeat)[0]:
             period = min(int(periods[i]), seq_len // 2)
-            unit = rows[i, :period] if use_corpus_span[i] else vocab[i, :period]
-            rows[i] = np.resize(unit, seq_len)  # unit, unit, unit, ... cut to seq_len
+            if self.layout == "fill":
+                unit = rows[i, :period] if use_corpus_span[i] else vocab[i, :period]
+                rows[i] = np.resize(unit, seq_len)  # unit, unit, unit, ... cut to seq_len
+            else:
+                start = int(where[i] * (seq_len - 2 * period + 1))  # the first copy: [start, start + period)
+                unit = rows[i, start:start + period].copy() if use_corpus_span[i] else vocab[i, :period]
+                rows[i, start:start + period] = unit
+                rows[i, start + period:start + 2 * period] = unit
         return Batch(rows, next_token_targets(rows))
 
 

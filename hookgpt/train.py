@@ -137,6 +137,7 @@ class TrainConfig:
     repeat_from_data: bool = False  # random units draw from the ids that occur in the training split
     repeat_min_period: int = 8
     repeat_max_period: int = 96
+    repeat_layout: str = "fill"  # "fill": the unit repeated over the whole row; "two_copies": two copies at a random offset
     val_fraction: float = 0.05
     device: str = "auto"
     progress: bool = True
@@ -220,7 +221,7 @@ def make_dataset(cfg: TrainConfig, data_dir: Path, prepare: bool = True) -> Data
     return RepeatedSequences(
         train_tokens, val_tokens, cfg.seq_len, cfg.batch_size, cfg.seed, repeat_fraction=cfg.repeat_fraction,
         corpus_fraction=cfg.repeat_corpus_fraction, min_period=cfg.repeat_min_period, max_period=cfg.repeat_max_period,
-        vocab_size=cfg.repeat_vocab_size, from_data=cfg.repeat_from_data,
+        vocab_size=cfg.repeat_vocab_size, from_data=cfg.repeat_from_data, layout=cfg.repeat_layout,
     )
 
 
@@ -944,6 +945,7 @@ def build_arg_parser():
                       ("eval_interval", int), ("eval_batches", int), ("checkpoint_interval", int), ("snapshot_interval", int),
                       ("pos_init_std", float), ("repeat_fraction", float),
                       ("repeat_corpus_fraction", float), ("repeat_min_period", int), ("repeat_max_period", int),
+                      ("repeat_layout", str),
                       ("repeat_vocab_size", int),
                       ("log_interval", int), ("val_fraction", float), ("data_dir", str), ("autocast_dtype", str),
                       ("device", str)):

@@ -552,6 +552,26 @@ def test_repeat_corpus_fraction_picks_what_is_repeated(tmp_path, corpus):
         train(tiny_config(tmp_path / "both", corpus, repeat_fraction=1.0, repeat_from_data=True, repeat_vocab_size=50))
 
 
+def test_repeat_layout_two_copies_puts_two_copies_anywhere_in_the_text(tmp_path, corpus):
+    """repeat_layout="two_copies": the row is its text window except for two copies of a random
+    unit at a random offset, so first copies start beyond max_period too (with "fill" never)."""
+    options = dict(repeat_fraction=1.0, repeat_corpus_fraction=0.0, batch_size=64, seq_len=32, repeat_min_period=3,
+                   repeat_max_period=6, dataset="repeated")
+    rows = make_dataset(tiny_config(tmp_path, corpus, **options, repeat_layout="two_copies"), tmp_path / "data").global_batch(5).tokens
+    windows = make_dataset(tiny_config(tmp_path, corpus, **{**options, "repeat_fraction": 0.0}), tmp_path / "data").global_batch(5).tokens
+    starts = []
+    for row, window in zip(rows, windows):
+        changed = np.nonzero(row != window)[0]
+        start, period = int(changed.min()), (int(changed.max()) - int(changed.min()) + 1) // 2
+        assert 3 <= period <= 6 and start + 2 * period <= 32
+        assert (row[start:start + period] == row[start + period:start + 2 * period]).all()
+        assert (row[:start] == window[:start]).all() and (row[start + 2 * period:] == window[start + 2 * period:]).all()
+        starts.append(start)
+    assert min(starts) <= 3 and max(starts) >= 20  # anywhere in the row
+    with pytest.raises(TrainingError, match="repeat_layout must be one of"):
+        train(tiny_config(tmp_path / "bad", corpus, repeat_fraction=1.0, repeat_layout="three_copies"))
+
+
 def test_softmax_restricted_to_the_batch(tmp_path, corpus):
     """restrict_vocab_to_batch: the softmax runs over the step's targets alone, and it trains."""
     model = HookedGPT(GPTConfig(**TINY_MODEL, tie_embeddings=True))
