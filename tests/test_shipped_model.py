@@ -97,25 +97,16 @@ def test_the_model_uses_its_induction_heads(model):
     n = line.shape[1]
     assert loss[:, n:].mean() < loss[:, : n - 1].mean() - 2.0  # a repeated line of Macbeth is copied
 
-# Issue 16 part 3's targets for a retrained model. The shipped model predates them (its heads fade
-# past the 64-token rows of its first stage, it copies little, and it was trained with the full
-# softmax); until a retrained model ships (recipes/hookgpt-shakespeare/ship.py then writes
-# head_scans_by_length into the card), these are strict expected failures on their assertions:
-# they start failing, and ask for this marker to go, as soon as a model meets them.
+# Issue 16 part 3's targets, which the shipped model was retrained to meet (its card records them).
 TARGETS = {"previous_token": 0.6, "induction": 0.5, "second_copy_loss_ratio": 0.5, "val_loss": 5.55}  # the old model: 5.569
-RETRAINED = "head_scans_by_length" in CARD
-BEFORE_RETRAINING = pytest.mark.xfail(not RETRAINED, strict=True, raises=AssertionError,
-                                      reason="issue 16 part 3: the shipped model does not meet the retraining targets yet")
 
 
-@BEFORE_RETRAINING
 def test_validation_loss_beats_the_old_model(model, tmp_path):
     train_cfg = TrainConfig.from_dict(CARD["training"]["stages"][-1]["train_config"])
     prepare_data(None, tmp_path, train_cfg.val_fraction)
     assert evaluate(model, load_tokens(tmp_path, "val"), train_cfg, torch.device("cpu")) < TARGETS["val_loss"]
 
 
-@BEFORE_RETRAINING
 def test_heads_hold_across_the_context(model):
     """Previous-token >= 0.6 and induction >= 0.5 on repeated random corpus tokens of 20, 40 and 60
     tokens per copy (1 + 2 * 60 = 121 of the 128 positions), as the card says."""
@@ -124,32 +115,27 @@ def test_heads_hold_across_the_context(model):
         for kind, template, target in (("previous_token", heads.previous_token_template, TARGETS["previous_token"]),
                                        ("induction", heads.induction_template, TARGETS["induction"])):
             scores = heads.head_scores(model, tokens, template)
-            if RETRAINED:
-                torch.testing.assert_close(scores, torch.tensor(CARD["head_scans_by_length"][str(seq_len)][kind]), atol=0.02, rtol=0)
+            torch.testing.assert_close(scores, torch.tensor(CARD["head_scans_by_length"][str(seq_len)][kind]), atol=0.02, rtol=0)
             assert scores.max() >= target, (seq_len, kind, scores)
 
 
-@BEFORE_RETRAINING
 def test_second_copy_loss_is_at_most_half_the_first(model):
     tokens = heads.repeated_random_tokens(model, seq_len=40, batch=8, seed=0)
     with torch.no_grad():
         loss = model(tokens, return_type="loss", loss_per_token=True)  # position i predicts token i + 1
     first, second = loss[:, :40].mean(), loss[:, 40:].mean()
-    if RETRAINED:
-        assert float(first) == pytest.approx(CARD["evaluation"]["copy"]["first_copy_loss"], abs=0.05)
-        assert float(second) == pytest.approx(CARD["evaluation"]["copy"]["second_copy_loss"], abs=0.05)
+    assert float(first) == pytest.approx(CARD["evaluation"]["copy"]["first_copy_loss"], abs=0.05)
+    assert float(second) == pytest.approx(CARD["evaluation"]["copy"]["second_copy_loss"], abs=0.05)
     assert second <= TARGETS["second_copy_loss_ratio"] * first, (float(first), float(second))
 
 
-@BEFORE_RETRAINING
 def test_full_softmax_equals_the_corpus_softmax(model, tmp_path):
     """The ids that never occur in the corpus carry a bias of -100: the full softmax gives them no
     probability, so it equals the softmax over the corpus's ids the model was trained with; head
     scans draw random tokens from the other ids, and generation never produces a masked id."""
     masked = model.b_U <= -99.0
     assert masked.any(), "no id is masked"
-    if RETRAINED:
-        assert int(masked.sum()) == CARD["vocabulary"]["masked_ids"]
+    assert int(masked.sum()) == CARD["vocabulary"]["masked_ids"]
     prepare_data(None, tmp_path, 0.05)
     corpus = set(load_tokens(tmp_path, "train").tolist()) | set(load_tokens(tmp_path, "val").tolist())
     assert set(torch.nonzero(~masked).flatten().tolist()) == corpus

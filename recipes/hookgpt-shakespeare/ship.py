@@ -1,7 +1,9 @@
 """Turn the training run of the shipped model into the package's `hookgpt-shakespeare`.
 
-    hookgpt train --config recipes/hookgpt-shakespeare/stage1.json   # induction warm-up (resumable: --resume)
-    hookgpt train --config recipes/hookgpt-shakespeare/config.json          # Shakespeare, starting from stage 1
+    hookgpt train --config recipes/hookgpt-shakespeare/stage1.json   # induction warm-up (each stage: --resume)
+    hookgpt train --config recipes/hookgpt-shakespeare/stage2.json   # Shakespeare + repeated rows, from stage 1
+    hookgpt train --config recipes/hookgpt-shakespeare/stage3.json   # the previous-token head over the whole context
+    hookgpt train --config recipes/hookgpt-shakespeare/config.json   # Shakespeare + repeated rows again, from stage 3
     python recipes/hookgpt-shakespeare/ship.py runs/hookgpt-shakespeare
 
 Exports the final checkpoint in float16 to `hookgpt/data/models/hookgpt-shakespeare/`, measures
@@ -32,8 +34,8 @@ def held_out_loss(model: HookedGPT, train_cfg: TrainConfig, data_dir: Path) -> f
     return evaluate(model, load_tokens(data_dir, "val"), train_cfg, torch.device("cpu"))
 
 
-COMMAND = ("hookgpt train --config recipes/hookgpt-shakespeare/stage1.json && "
-           "hookgpt train --config recipes/hookgpt-shakespeare/config.json && python recipes/hookgpt-shakespeare/ship.py runs/hookgpt-shakespeare")
+COMMAND = " && ".join([*(f"hookgpt train --config recipes/hookgpt-shakespeare/{name}.json" for name in ("stage1", "stage2", "stage3", "config")),
+                       "python recipes/hookgpt-shakespeare/ship.py runs/hookgpt-shakespeare"])
 
 
 def stages(run: Path) -> list[dict]:
@@ -192,12 +194,16 @@ def model_card_markdown(card: dict) -> str:
         softmax = ("softmax over the batch's target ids" if tc.get("restrict_vocab_to_batch")
                    else "softmax restricted to the corpus's ids" if tc.get("restrict_vocab") else "full softmax")
         units = "random corpus ids" if tc.get("repeat_from_data") else "random ids"
-        rows = (f"{softmax}, {tc['repeat_fraction']:.0%} repeated rows ({tc.get('repeat_corpus_fraction', 0.5):.0%} of them corpus spans, "
-                f"the others {units}), periods {tc['repeat_min_period']}–{tc['repeat_max_period']}")
+        layout = ("two copies at a random offset in a text window" if tc.get("repeat_layout") == "two_copies"
+                  else "the unit repeated over the whole row")
+        rows = (f"{softmax}, {tc['repeat_fraction']:.0%} repeated rows ({layout}; {tc.get('repeat_corpus_fraction', 0.5):.0%} of the units "
+                f"corpus spans, the others {units}), periods {tc['repeat_min_period']}–{tc['repeat_max_period']}")
+        frozen = f"; only the parameters not matching {', '.join(f'`{p}`' for p in tc['freeze'])} train" if tc.get("freeze") else ""
+        schedule = f"lr {tc['lr']} constant" if tc["lr"] == tc["min_lr"] else f"lr {tc['lr']} → {tc['min_lr']} (cosine)"
         return (f"- Stage {i + 1} (`{stage['run']}`): {stage['steps']:,} steps of {tc['batch_size']} × {tc['seq_len']} tokens "
-                f"({stage['tokens_seen']:,} tokens), {rows}; AdamW lr {tc['lr']} → {tc['min_lr']}, {tc['warmup_steps']} warmup steps, "
-                f"cosine decay, weight decay {tc['weight_decay']} on matrices only, clipping {tc['grad_clip']}, seed {tc['seed']}; "
-                f"final training loss {stage['final_train_loss']:.3f}.")
+                f"({stage['tokens_seen']:,} tokens), {rows}{frozen}; AdamW {schedule}, {tc['warmup_steps']} warmup steps, "
+                f"betas {tuple(tc['betas'])}, weight decay {tc['weight_decay']} on matrices only, clipping {tc['grad_clip']}, "
+                f"seed {tc['seed']}; final training loss {stage['final_train_loss']:.3f}.")
 
     stage_lines = "\n".join(stage_line(i, stage) for i, stage in enumerate(t["stages"]))
     v, e = card["vocabulary"], card["evaluation"]
@@ -244,6 +250,12 @@ The last 5% of every play is held out for validation.
   - **a short-context warm-up** (stage 1): the time an induction head takes to form grows about quadratically with
     the context length, so stage 1 trains on 64-token rows of repeated random ids only, and stage 2
     (`init_from` stage 1) trains on Shakespeare and repeated rows at the full context.
+  - **first copies anywhere** (`repeat_layout: "two_copies"`, stages 3 and 4): when the unit fills the row, its first
+    copy always lies in the first `repeat_max_period` positions, so an induction head never needs a previous-token
+    head beyond them; after stage 2 the previous-token heads stopped at about position 42 (0.37 at 60 tokens per
+    copy). With two copies at a random offset every position is sometimes the first copy. Stage 3 trains only the
+    positional embedding and layer 0's queries and keys on such rows (about 6-10 steps/s: with the unembedding frozen,
+    the cheap softmax over the batch's targets cannot push the other ids down); stage 4 trains everything but `W_pos` on Shakespeare and such rows.
 
 ## Evaluation
 - Validation loss: **{card['evaluation']['val_loss']:.3f}** nats/token — {card['evaluation']['val_loss_definition']}.
