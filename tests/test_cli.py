@@ -110,7 +110,7 @@ def test_demo_writes_report(capsys, tmp_path):
     assert summary["model"] == SHIPPED and summary["loss_on_prompt"] > 0
     assert isinstance(summary["continuation"], str) and isinstance(summary["sampled_continuation"], str)
     assert summary["sampling"]["seed"] == 0
-    # copying a repeated passage: only consistency, not how well this model copies (it will be retrained)
+    # copying a repeated passage: consistency, and that the second copy is predicted from the first
     copy = summary["copy"]
     assert isinstance(copy["passage"], str) and isinstance(copy["continuation"], str) and copy["passage"]
     assert isinstance(copy["tokens_copied"], int) and isinstance(copy["tokens_total"], int)
@@ -118,6 +118,8 @@ def test_demo_writes_report(capsys, tmp_path):
     assert f"copied {copy['tokens_copied']}/{copy['tokens_total']} tokens" in out
     assert all(math.isfinite(copy[k]) and copy[k] > 0 for k in ("first_copy_loss", "second_copy_loss"))
     assert copy["second_copy_loss"] < copy["first_copy_loss"]  # the second copy is predictable from the first
+    assert 0 <= copy["top1_first_copy"] < copy["top1_second_copy"] <= copy["passage_tokens"]  # measured 4 -> 21 of 41
+    assert f"{copy['top1_second_copy']}/{copy['passage_tokens']} tokens of the second copy" in out
     report = (tmp_path / "demo" / "report.html").read_text()
     assert "sampled continuation" in report and "Copying a repeated passage" in report
     assert report.count("hookgptViews.mount") >= 3 and "plotly" in report.lower()
