@@ -305,9 +305,9 @@ class RepeatedSequences(TextTokens):
                 rows[i] = np.resize(unit, seq_len)  # unit, unit, unit, ... cut to seq_len
             else:
                 start = int(where[i] * (seq_len - 2 * period + 1))  # the first copy: [start, start + period)
-                unit = rows[i, start:start + period].copy() if use_corpus_span[i] else vocab[i, :period]
-                rows[i, start:start + period] = unit
-                rows[i, start + period:start + 2 * period] = unit
+                if not use_corpus_span[i]:  # (a corpus span is the window's own tokens there)
+                    rows[i, start:start + period] = vocab[i, :period]
+                rows[i, start + period:start + 2 * period] = rows[i, start:start + period]
         return Batch(rows, next_token_targets(rows))
 
 

@@ -273,7 +273,8 @@ class LanguageModelLoss(nn.Module):
         return F.cross_entropy(logits, targets)
 
 
-POS_INITS = ("normal", "sinusoidal", "fourier")
+POS_INIT_SPACING = {"sinusoidal": "geometric", "fourier": "uniform"}  # pos_init -> sinusoidal_positions' spacing
+POS_INITS = ("normal", *POS_INIT_SPACING)
 
 
 def sinusoidal_positions(n_ctx: int, d_model: int, init_range: float = 0.02, spacing: str = "geometric") -> torch.Tensor:
@@ -706,8 +707,8 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device, info: DistInfo,
     else:  # a fresh init (on resume the checkpoint's weights replace it)
         std = model_cfg.init_range if cfg.pos_init_std is None else cfg.pos_init_std
         with torch.no_grad():
-            if cfg.pos_init in ("sinusoidal", "fourier"):
-                spacing = "geometric" if cfg.pos_init == "sinusoidal" else "uniform"
+            if cfg.pos_init in POS_INIT_SPACING:
+                spacing = POS_INIT_SPACING[cfg.pos_init]
                 model.W_pos.copy_(sinusoidal_positions(model_cfg.n_ctx, model_cfg.d_model, std, spacing))
             elif cfg.pos_init_std is not None:
                 model.W_pos.normal_(0.0, std)

@@ -28,12 +28,6 @@ from hookgpt.train import TrainConfig, evaluate, export_model, load_checkpoint, 
 OUT = ROOT / "hookgpt" / "data" / "models" / "hookgpt-shakespeare"
 
 
-def held_out_loss(model: HookedGPT, train_cfg: TrainConfig, data_dir: Path) -> float:
-    """The trainer's validation loss (full 50,257-way softmax) of `model` on the bundled corpus."""
-    prepare_data(None, data_dir, train_cfg.val_fraction)
-    return evaluate(model, load_tokens(data_dir, "val"), train_cfg, torch.device("cpu"))
-
-
 COMMAND = " && ".join([*(f"hookgpt train --config recipes/hookgpt-shakespeare/{name}.json" for name in ("stage1", "stage2", "stage3", "config")),
                        "python recipes/hookgpt-shakespeare/ship.py runs/hookgpt-shakespeare"])
 
@@ -67,12 +61,18 @@ def corpus_ids(data_dir: Path) -> torch.Tensor:
     return torch.unique(torch.cat(tokens))
 
 
+def missing_ids(model: HookedGPT, ids: torch.Tensor) -> torch.Tensor:
+    """`[d_vocab_out]` bool: True for every output id outside `ids`."""
+    missing = torch.ones(model.cfg.d_vocab_out, dtype=torch.bool)
+    missing[ids] = False
+    return missing
+
+
 def mask_missing_ids(model: HookedGPT, ids: torch.Tensor) -> int:
     """Set the unembedding bias of every id outside `ids` to MASK_BIAS: their probability is then
     below e^-80 at every position, so the full 50,257-way softmax equals the one over the
     corpus's ids that the model was trained with (`restrict_vocab`). Returns how many were masked."""
-    missing = torch.ones(model.cfg.d_vocab_out, dtype=torch.bool)
-    missing[ids] = False
+    missing = missing_ids(model, ids)
     with torch.no_grad():
         model.b_U[missing] = MASK_BIAS
     return int(missing.sum())
@@ -82,9 +82,7 @@ def masked_probability(model: HookedGPT, tokens: torch.Tensor, ids: torch.Tensor
     """The largest total probability that the model puts on the masked ids at any position."""
     with torch.no_grad():
         log_probs = model(tokens).log_softmax(dim=-1)
-    missing = torch.ones(model.cfg.d_vocab_out, dtype=torch.bool)
-    missing[ids] = False
-    return float(log_probs[..., missing].logsumexp(dim=-1).exp().max())
+    return float(log_probs[..., missing_ids(model, ids)].logsumexp(dim=-1).exp().max())
 
 
 def copy_losses(model: HookedGPT, seq_len: int = 40, batch: int = 8, seed: int = 0) -> dict:
@@ -122,8 +120,9 @@ def main(run_dir: str, wall_time: str = "") -> None:
     exported.save_pretrained(OUT)
     model = HookedGPT.from_pretrained("hookgpt-shakespeare")  # float16 weights, computed in float32
 
-    val_loss = held_out_loss(model, train_cfg, run / "data")
-    val = torch.from_numpy(load_tokens(run / "data", "val").astype("int64"))
+    val_tokens = load_tokens(run / "data", "val")  # prepared above
+    val_loss = evaluate(model, val_tokens, train_cfg, torch.device("cpu"))  # the trainer's validation loss, full softmax
+    val = torch.from_numpy(val_tokens.astype("int64"))
     scans = {
         "previous_token": heads.previous_token_scores(model),
         "induction": heads.induction_scores(model),
